@@ -1,0 +1,75 @@
+//! The exec observer: `tp_btf/sched_process_exec` reports every exec inside a watched cgroup.
+
+/// Capacity of [`ExecRecord::filename`] in bytes, including the terminating NUL.
+pub const EXEC_FILENAME_LEN: usize = 256;
+
+/// Capacity of [`ExecRecord::args`] in bytes: the start of the new image's argument area.
+///
+/// A power of two, so that the eBPF side can bound the read length with a mask the verifier
+/// understands.
+pub const EXEC_ARGS_LEN: usize = 512;
+
+/// Value type of the `SESSION_CGROUPS` map: flags of a watched cgroup (cgroup v2 id as key).
+///
+/// No flag is defined yet; a watched cgroup with flags `0` is observed only.
+pub type SessionFlags = u32;
+
+/// One exec inside a watched cgroup, as the eBPF program writes it into the `EXEC_EVENTS` ring
+/// buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRecord {
+    /// cgroup v2 id (the inode number of the cgroup directory) of the task.
+    pub cgroup_id: u64,
+    /// Process id (thread group id) of the task after the exec.
+    pub pid: u32,
+    /// Thread id of the task that called exec (the kernel makes it the group leader, so after the
+    /// exec it equals `pid`; kept to notice otherwise).
+    pub tid: u32,
+    /// Process id of the real parent.
+    pub ppid: u32,
+    /// Real user id after the exec (set-user-id bits already applied).
+    pub uid: u32,
+    /// Flags of the watched cgroup from `SESSION_CGROUPS`.
+    pub session_flags: SessionFlags,
+    /// Number of valid bytes in `filename`, without the terminating NUL.
+    pub filename_len: u32,
+    /// Number of valid bytes in `args`.
+    pub args_len: u32,
+    /// Size of the whole argument area (`mm->arg_end - mm->arg_start`); larger than `args_len`
+    /// when the arguments did not fit.
+    pub args_total_len: u32,
+    /// The path passed to exec (`bprm->filename`), NUL-terminated, truncated to fit.
+    pub filename: [u8; EXEC_FILENAME_LEN],
+    /// The first `args_len` bytes of the argument area: NUL-separated, NUL-terminated strings.
+    pub args: [u8; EXEC_ARGS_LEN],
+}
+
+impl ExecRecord {
+    /// An all-zero record.
+    pub const ZERO: Self = Self {
+        cgroup_id: 0,
+        pid: 0,
+        tid: 0,
+        ppid: 0,
+        uid: 0,
+        session_flags: 0,
+        filename_len: 0,
+        args_len: 0,
+        args_total_len: 0,
+        filename: [0; EXEC_FILENAME_LEN],
+        args: [0; EXEC_ARGS_LEN],
+    };
+}
+
+// The layout is part of the kernel/user contract: no implicit padding anywhere.
+const _: () =
+    assert!(core::mem::size_of::<ExecRecord>() == 8 + 8 * 4 + EXEC_FILENAME_LEN + EXEC_ARGS_LEN);
+const _: () =
+    assert!(core::mem::size_of::<ExecRecord>().is_multiple_of(core::mem::align_of::<ExecRecord>()));
+const _: () = assert!(EXEC_ARGS_LEN.is_power_of_two());
+
+// SAFETY: `ExecRecord` is `repr(C)`, made only of integers and byte arrays, and has no padding
+// (checked above), so every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ExecRecord {}

@@ -1,0 +1,114 @@
+//! Exec observer: reports every exec of a task in a watched cgroup.
+
+use core::{ffi::c_void, ptr::addr_of_mut};
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_probe_read_kernel_str, bpf_probe_read_user},
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use guard_common::exec::{ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN};
+
+use crate::{
+    kernel::{guard_bprm_filename, guard_task_arg_range, guard_task_ppid},
+    maps::{EXEC_EVENTS, EXEC_LOST, SESSION_CGROUPS},
+};
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`: runs in
+/// the context of the task after the new image is in place and before its first instruction, so
+/// `current` is `p` and its `mm` is the new one.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    match try_sched_process_exec(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
+    // SAFETY: a helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is copied out at once; only the user side writes this map.
+    let Some(&session_flags) = (unsafe { SESSION_CGROUPS.get(&cgroup_id) }) else {
+        return Ok(0);
+    };
+
+    let task: *const c_void = ctx.arg(0);
+    let bprm: *const c_void = ctx.arg(2);
+
+    // The record (about 800 bytes) is larger than the eBPF stack: fill it in place.
+    let Some(mut entry) = EXEC_EVENTS.reserve::<ExecRecord>(0) else {
+        count_lost();
+        return Ok(0);
+    };
+    let rec: *mut ExecRecord = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+
+    // SAFETY: `rec` points to reserved ring buffer memory of the record's size; fields are plain
+    // integers and byte arrays written through the raw pointer. `task` and `bprm` are the
+    // tracepoint's arguments and only read through `bpf_probe_read_kernel` in the accessors.
+    unsafe {
+        (*rec).cgroup_id = cgroup_id;
+        (*rec).pid = (pid_tgid >> 32) as u32;
+        (*rec).tid = pid_tgid as u32;
+        (*rec).ppid = guard_task_ppid(task);
+        (*rec).uid = uid_gid as u32;
+        (*rec).session_flags = session_flags;
+
+        let filename = guard_bprm_filename(bprm);
+        let n = if filename.is_null() {
+            0
+        } else {
+            bpf_probe_read_kernel_str(
+                addr_of_mut!((*rec).filename).cast(),
+                EXEC_FILENAME_LEN as u32,
+                filename.cast(),
+            )
+        };
+        // The helper counts the terminating NUL; on error nothing useful was read.
+        if n > 0 {
+            (*rec).filename_len = (n - 1) as u32;
+        } else {
+            (*rec).filename_len = 0;
+            (*rec).filename[0] = 0;
+        }
+
+        let mut start = 0u64;
+        let mut end = 0u64;
+        let total = if guard_task_arg_range(task, &mut start, &mut end) == 0 && end > start {
+            end - start
+        } else {
+            0
+        };
+        let len = if total > EXEC_ARGS_LEN as u64 {
+            EXEC_ARGS_LEN as u64
+        } else {
+            total
+        };
+        let read = bpf_probe_read_user(
+            addr_of_mut!((*rec).args).cast(),
+            len as u32,
+            start as *const c_void,
+        );
+        (*rec).args_len = if read == 0 { len as u32 } else { 0 };
+        (*rec).args_total_len = if total > u64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            total as u32
+        };
+    }
+
+    entry.submit(0);
+    Ok(0)
+}
+
+/// Counts an event that did not fit into the ring buffer.
+fn count_lost() {
+    if let Some(lost) = EXEC_LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate while running.
+        unsafe { *lost += 1 };
+    }
+}

@@ -1,0 +1,159 @@
+//! The session's cgroup v2 leaf: every process of the session lives in it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Errors about cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup2 file system is mounted.
+    #[error("no cgroup v2 file system is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+    /// A cgroup operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Finds the cgroup2 mount point in a mountinfo text.
+pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        let mnt = pre.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape(mnt)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The parent of all session cgroups, below the cgroup2 mount.
+pub const PARENT: &str = "sandbox";
+
+/// A session's cgroup leaf.
+#[derive(Debug)]
+pub struct SessionCgroup {
+    path: PathBuf,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// The cgroup2 mount point of this host.
+pub fn mount_point() -> Result<PathBuf, CgroupError> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+    find_cgroup2(&mi).ok_or(CgroupError::NoCgroup2)
+}
+
+impl SessionCgroup {
+    /// Creates `<cgroup2>/sandbox/<session>`.
+    pub fn create(session: &str) -> Result<Self, CgroupError> {
+        let root = mount_point()?;
+        let parent = root.join(PARENT);
+        match std::fs::create_dir(&parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", &parent)(e)),
+        }
+        let path = parent.join(session);
+        std::fs::create_dir(&path).map_err(io_err("create", &path))?;
+        Ok(SessionCgroup { path })
+    }
+
+    /// The cgroup directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cgroup id (its directory's inode number), as bpf_get_current_cgroup_id reports it.
+    pub fn id(&self) -> Result<u64, CgroupError> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::metadata(&self.path).map_err(io_err("stat", &self.path))?.ino())
+    }
+
+    /// Moves process `pid` (0: the caller) into the cgroup.
+    pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
+        let p = self.path.join("cgroup.procs");
+        std::fs::write(&p, pid.to_string()).map_err(io_err("write", &p))
+    }
+
+    /// Kills every process left in the cgroup (cgroup.kill) and removes it.
+    pub fn destroy(&self) {
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        for _ in 0..200 {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the session cgroup");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(path = %self.path.display(), "session cgroup still busy; left in place");
+    }
+}
+
+/// True when process `pid` lives in a session cgroup (inside any sandbox).
+pub fn in_session(pid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        // Unknown: treat as inside (fail closed).
+        return true;
+    };
+    s.lines()
+        .filter_map(|l| l.strip_prefix("0::"))
+        .any(|p| p == format!("/{PARENT}") || p.starts_with(&format!("/{PARENT}/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in_a_hybrid_layout() {
+        let mi = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                  32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let mi2 = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(find_cgroup2(mi2), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(find_cgroup2("1 2 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+    }
+
+    #[test]
+    fn unescapes_octal_in_mount_points() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn this_test_runs_outside_any_session() {
+        assert!(!in_session(std::process::id()));
+    }
+}

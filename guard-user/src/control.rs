@@ -1,0 +1,342 @@
+//! The per-session control socket and the commands that talk to it (`pending`, `approve`,
+//! `deny`, `sessions`).
+//!
+//! One JSON request and one JSON answer per connection. Only root outside every sandbox may
+//! connect: the peer is checked with SO_PEERCRED and its cgroup, so a process inside a session
+//! can never list or decide holds, even as root (and it cannot reach the socket's directory).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::files::supervise::Supervisor;
+use crate::hold::{Scope, Verdict};
+
+/// `$SANDBOX_STATE_DIR`, default `/run/sandbox`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("SANDBOX_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/sandbox"))
+}
+
+/// Errors of the control channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Socket I/O failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Socket or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer answered something unreadable.
+    #[error("bad answer from {path}: {source}")]
+    Protocol {
+        /// Socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The session refused or failed the request.
+    #[error("{0}")]
+    Refused(String),
+    /// No session has a pending hold with that id.
+    #[error("no pending hold {0} in any session")]
+    UnknownHold(String),
+    /// No such session.
+    #[error("no live session named {0}")]
+    UnknownSession(String),
+}
+
+/// A request on the control socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// List pending holds.
+    Pending,
+    /// Describe the session.
+    Info,
+    /// Decide a hold.
+    Decide {
+        /// Hold id.
+        id: String,
+        /// Approve or deny.
+        verdict: Verdict,
+        /// How far the decision reaches.
+        scope: Scope,
+        /// For how long a standing decision lasts (ms).
+        for_ms: Option<u64>,
+    },
+}
+
+/// What `sessions` shows about one session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Session name.
+    pub session: String,
+    /// Supervisor pid.
+    pub pid: u32,
+    /// The command.
+    pub command: Vec<String>,
+    /// The user it runs as.
+    pub user: String,
+    /// uid it runs as.
+    pub uid: u32,
+    /// Start time (RFC 3339).
+    pub started: String,
+    /// Enforcement backend.
+    pub backend: String,
+    /// Protected roots.
+    pub protected: Vec<PathBuf>,
+    /// Pending holds now.
+    pub pending: usize,
+    /// The audit log file.
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Answer {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unknown: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    info: Option<SessionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decided: Option<Vec<String>>,
+}
+
+impl Answer {
+    fn err(e: impl Into<String>) -> Self {
+        Answer { ok: false, error: Some(e.into()), unknown: None, pending: None, info: None, decided: None }
+    }
+    fn ok() -> Self {
+        Answer { ok: true, error: None, unknown: None, pending: None, info: None, decided: None }
+    }
+}
+
+/// Path of a session's socket.
+pub fn socket_path(dir: &Path, session: &str) -> PathBuf {
+    dir.join(format!("{session}.sock"))
+}
+
+/// Who may talk to a session: root, outside every sandbox.
+fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: u32::MAX };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    use std::os::fd::AsRawFd;
+    // SAFETY: cred and len are valid for SO_PEERCRED.
+    let r = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    if r != 0 || cred.pid <= 0 {
+        return Err("cannot identify the peer".into());
+    }
+    if cred.uid != 0 {
+        return Err("only root may decide holds".into());
+    }
+    if crate::cgroup::in_session(cred.pid as u32) {
+        return Err("a process inside a sandbox session may not list or decide holds".into());
+    }
+    Ok(cred.pid as u32)
+}
+
+/// Serves the control socket of a session until the listener is closed.
+pub fn serve(listener: UnixListener, sup: Arc<Supervisor>, info: impl Fn() -> SessionInfo + Send + 'static) {
+    for conn in listener.incoming() {
+        let Ok(mut stream) = conn else { continue };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+        let answer = match peer_allowed(&stream) {
+            Err(e) => Answer::err(e),
+            Ok(peer) => {
+                let mut line = String::new();
+                let mut rd = BufReader::new(&stream).take(64 * 1024);
+                match rd.read_line(&mut line) {
+                    Ok(_) => match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => handle(req, &sup, &info, peer),
+                        Err(e) => Answer::err(format!("bad request: {e}")),
+                    },
+                    Err(e) => Answer::err(format!("read: {e}")),
+                }
+            }
+        };
+        if let Ok(mut s) = serde_json::to_string(&answer) {
+            s.push('\n');
+            let _ = stream.write_all(s.as_bytes());
+        }
+    }
+}
+
+
+fn handle(req: Request, sup: &Supervisor, info: &dyn Fn() -> SessionInfo, peer: u32) -> Answer {
+    match req {
+        Request::Pending => {
+            let v = sup.holds.list().iter().filter_map(|h| serde_json::to_value(h).ok()).collect();
+            Answer { pending: Some(v), ..Answer::ok() }
+        }
+        Request::Info => Answer { info: Some(info()), ..Answer::ok() },
+        Request::Decide { id, verdict, scope, for_ms } => {
+            match sup.holds.decide(&id, verdict, scope, for_ms.map(Duration::from_millis)) {
+                Ok(decided) => {
+                    let ids = decided.iter().map(|d| d.info.id.clone()).collect();
+                    let by = format!("root via control socket (pid {peer}, scope {scope:?})").to_lowercase();
+                    sup.finish(decided, &by);
+                    Answer { decided: Some(ids), ..Answer::ok() }
+                }
+                Err(e) => Answer { unknown: Some(true), ..Answer::err(e.to_string()) },
+            }
+        }
+    }
+}
+
+fn call(sock: &Path, req: &Request) -> Result<Answer, ControlError> {
+    let io = |what| move |source| ControlError::Io { what, path: sock.to_path_buf(), source };
+    let mut s = UnixStream::connect(sock).map_err(io("connect"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("configure"))?;
+    let mut line = serde_json::to_string(req).map_err(|source| ControlError::Protocol { path: sock.into(), source })?;
+    line.push('\n');
+    s.write_all(line.as_bytes()).map_err(io("write"))?;
+    let mut out = String::new();
+    BufReader::new(&s).read_line(&mut out).map_err(io("read"))?;
+    serde_json::from_str(&out).map_err(|source| ControlError::Protocol { path: sock.into(), source })
+}
+
+/// The sockets of live sessions (optionally only `only`).
+fn sockets(only: Option<&str>) -> Result<Vec<(String, PathBuf)>, ControlError> {
+    let dir = state_dir();
+    if let Some(name) = only {
+        let p = socket_path(&dir, name);
+        if !p.exists() {
+            return Err(ControlError::UnknownSession(name.into()));
+        }
+        return Ok(vec![(name.to_string(), p)]);
+    }
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(source) => return Err(ControlError::Io { what: "list", path: dir, source }),
+    };
+    let mut v: Vec<(String, PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let s = name.strip_suffix(".sock")?.to_string();
+            Some((s, e.path()))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn refused(a: &Answer) -> ControlError {
+    ControlError::Refused(a.error.clone().unwrap_or_else(|| "refused".into()))
+}
+
+/// `sandbox pending`: prints pending holds. Exit 0.
+pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError> {
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    for (_, sock) in sockets(session)? {
+        match call(&sock, &Request::Pending) {
+            Ok(a) if a.ok => all.extend(a.pending.unwrap_or_default()),
+            Ok(a) => return Err(refused(&a)),
+            // A socket left by a supervisor that died: not a live session.
+            Err(ControlError::Io { what: "connect", .. }) if session.is_none() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(all));
+    } else if all.is_empty() {
+        println!("no pending holds");
+    } else {
+        println!("{:<9} {:<16} {:>7} {:<9} {:<20} TARGET", "ID", "SESSION", "PID", "KIND", "SINCE");
+        for h in &all {
+            let s = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            println!(
+                "{:<9} {:<16} {:>7} {:<9} {:<20} {}  ({}; {})",
+                s("id"),
+                s("session"),
+                h.get("pid").and_then(|v| v.as_u64()).unwrap_or(0),
+                s("kind"),
+                s("since").get(..19).unwrap_or(""),
+                s("target"),
+                s("comm"),
+                s("rule")
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `sandbox approve` / `sandbox deny`: decides a hold in whichever session has it.
+pub fn cmd_decide(id: &str, verdict: Verdict, scope: Scope, for_: Option<Duration>) -> Result<u8, ControlError> {
+    let req = Request::Decide {
+        id: id.to_string(),
+        verdict,
+        scope,
+        for_ms: for_.map(|d| d.as_millis() as u64),
+    };
+    for (_, sock) in sockets(None)? {
+        match call(&sock, &req) {
+            Ok(a) if a.ok => {
+                let n = a.decided.map(|d| d.len()).unwrap_or(1);
+                let what = if verdict == Verdict::Allow { "approved" } else { "denied" };
+                if n > 1 {
+                    println!("{what} {id} (and {} more pending holds it covers)", n - 1);
+                } else {
+                    println!("{what} {id}");
+                }
+                return Ok(0);
+            }
+            Ok(a) if a.unknown == Some(true) => {}
+            Ok(a) => return Err(refused(&a)),
+            Err(ControlError::Io { what: "connect", .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ControlError::UnknownHold(id.to_string()))
+}
+
+/// `sandbox sessions`: lists live sessions.
+pub fn cmd_sessions(json: bool) -> Result<u8, ControlError> {
+    let mut v = Vec::new();
+    for (_, sock) in sockets(None)? {
+        match call(&sock, &Request::Info) {
+            Ok(a) if a.ok => v.extend(a.info),
+            Ok(a) => return Err(refused(&a)),
+            Err(ControlError::Io { what: "connect", .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&v).unwrap_or_else(|_| "[]".into()));
+    } else if v.is_empty() {
+        println!("no live sessions");
+    } else {
+        println!("{:<16} {:>7} {:<10} {:<8} {:>7} {:<20} COMMAND", "SESSION", "PID", "USER", "BACKEND", "HELD", "STARTED");
+        for s in &v {
+            println!(
+                "{:<16} {:>7} {:<10} {:<8} {:>7} {:<20} {}",
+                s.session,
+                s.pid,
+                s.user,
+                s.backend,
+                s.pending,
+                s.started.get(..19).unwrap_or(""),
+                s.command.join(" ")
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,255 @@
+//! File holds: which paths are protected, and the seccomp backend that holds operations on them.
+//!
+//! Protection is decided on canonical paths (as the kernel reports them for a process's
+//! directory handles) and, for files with more than one hard link, on (device, inode).
+
+pub mod landlock;
+pub mod resolve;
+pub mod seccomp;
+pub mod supervise;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Errors while preparing file protection.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// A `--protect` path could not be resolved.
+    #[error("cannot protect {path}: {source}")]
+    Protect {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it could not be resolved.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Landlock could not be set up.
+    #[error("landlock: {0}")]
+    Landlock(#[from] ::landlock::RulesetError),
+    /// Opening a path for a Landlock rule failed.
+    #[error("landlock rule for {path}: {source}")]
+    LandlockPath {
+        /// The path of the rule.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: ::landlock::PathFdError,
+    },
+    /// Landlock is not fully enforced by this kernel.
+    #[error("landlock is not fully enforced by this kernel ({0}); refusing to run unguarded")]
+    LandlockPartial(String),
+    /// Building or loading the seccomp filter failed.
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    /// A system call failed while installing the guard.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a path relates to the protected roots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Not protected, and the sandbox may change it on its own (Landlock allows it).
+    Free,
+    /// An unprotected entry directly inside a directory that contains a protected root.
+    /// Landlock forbids the sandbox to remove or rename it, so the supervisor does it.
+    InAncestorDir,
+    /// The path is a (proper) ancestor directory of protected root `n`.
+    AncestorOfRoot(usize),
+    /// The path is protected root `n` or lies below it.
+    Protected(usize),
+}
+
+/// The protected roots of a session.
+#[derive(Debug)]
+pub struct Protection {
+    roots: Vec<PathBuf>,
+    /// Proper ancestors of the roots: directories whose direct entries Landlock cannot grant.
+    ancestors: HashSet<PathBuf>,
+    /// Protected inodes with more than one hard link: (st_dev, st_ino) -> root index.
+    linked: Mutex<HashMap<(u64, u64), usize>>,
+}
+
+impl Protection {
+    /// Canonicalizes `paths` (each must exist) and drops roots nested inside other roots.
+    pub fn new(paths: &[PathBuf]) -> Result<Self, FilesError> {
+        let mut roots: Vec<PathBuf> = Vec::new();
+        for p in paths {
+            let c = std::fs::canonicalize(p).map_err(|source| FilesError::Protect {
+                path: p.clone(),
+                source,
+            })?;
+            roots.push(c);
+        }
+        roots.sort();
+        roots.dedup();
+        let outer: Vec<PathBuf> = roots
+            .iter()
+            .filter(|r| !roots.iter().any(|o| o != *r && r.starts_with(o)))
+            .cloned()
+            .collect();
+        let mut ancestors = HashSet::new();
+        for r in &outer {
+            let mut a = r.parent();
+            while let Some(p) = a {
+                ancestors.insert(p.to_path_buf());
+                a = p.parent();
+            }
+        }
+        let prot = Protection {
+            roots: outer,
+            ancestors,
+            linked: Mutex::new(HashMap::new()),
+        };
+        prot.scan_links();
+        Ok(prot)
+    }
+
+    /// The canonical protected roots.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// True when nothing is protected.
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
+    /// Proper ancestors of the protected roots.
+    pub fn ancestors(&self) -> impl Iterator<Item = &Path> {
+        self.ancestors.iter().map(PathBuf::as_path)
+    }
+
+    /// Classifies a canonical absolute path.
+    pub fn classify(&self, path: &Path) -> Class {
+        if let Some(i) = self.roots.iter().position(|r| path.starts_with(r)) {
+            return Class::Protected(i);
+        }
+        if let Some(i) = self.roots.iter().position(|r| r.starts_with(path)) {
+            return Class::AncestorOfRoot(i);
+        }
+        match path.parent() {
+            Some(parent) if self.ancestors.contains(parent) => Class::InAncestorDir,
+            _ => Class::Free,
+        }
+    }
+
+    /// The root an inode with several links belongs to, if it is protected.
+    pub fn linked_root(&self, dev: u64, ino: u64) -> Option<usize> {
+        let map = self.linked.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(dev, ino)).copied()
+    }
+
+    /// True when some protected inode has several links (so unprotected paths need an inode check).
+    pub fn has_linked(&self) -> bool {
+        let map = self.linked.lock().unwrap_or_else(|e| e.into_inner());
+        !map.is_empty()
+    }
+
+    /// Records that inode (dev, ino) of root `root` now has another link.
+    pub fn add_linked(&self, dev: u64, ino: u64, root: usize) {
+        let mut map = self.linked.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert((dev, ino), root);
+    }
+
+    /// Records every file below the roots that already has more than one hard link.
+    fn scan_links(&self) {
+        for (i, r) in self.roots.iter().enumerate() {
+            let mut stack = vec![r.clone()];
+            while let Some(p) = stack.pop() {
+                let Ok(md) = std::fs::symlink_metadata(&p) else {
+                    continue;
+                };
+                if md.is_dir() {
+                    if let Ok(rd) = std::fs::read_dir(&p) {
+                        stack.extend(rd.flatten().map(|e| e.path()));
+                    }
+                } else if md.nlink() > 1 {
+                    self.add_linked(md.dev(), md.ino(), i);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prot(roots: &[&str]) -> Protection {
+        let roots: Vec<PathBuf> = roots.iter().map(PathBuf::from).collect();
+        let mut ancestors = HashSet::new();
+        for r in &roots {
+            let mut a = r.parent();
+            while let Some(p) = a {
+                ancestors.insert(p.to_path_buf());
+                a = p.parent();
+            }
+        }
+        Protection {
+            roots,
+            ancestors,
+            linked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn paths_below_a_root_are_protected() {
+        let p = prot(&["/home/u/prod"]);
+        assert_eq!(p.classify(Path::new("/home/u/prod")), Class::Protected(0));
+        assert_eq!(p.classify(Path::new("/home/u/prod/a/b")), Class::Protected(0));
+        assert_eq!(p.classify(Path::new("/home/u/production")), Class::InAncestorDir);
+    }
+
+    #[test]
+    fn ancestors_and_their_entries_are_told_apart() {
+        let p = prot(&["/home/u/prod"]);
+        assert_eq!(p.classify(Path::new("/home/u")), Class::AncestorOfRoot(0));
+        assert_eq!(p.classify(Path::new("/home")), Class::AncestorOfRoot(0));
+        assert_eq!(p.classify(Path::new("/home/u/notes.txt")), Class::InAncestorDir);
+        assert_eq!(p.classify(Path::new("/tmp")), Class::InAncestorDir);
+        assert_eq!(p.classify(Path::new("/tmp/x")), Class::Free);
+        assert_eq!(p.classify(Path::new("/home/v/x")), Class::Free);
+    }
+
+    #[test]
+    fn nested_roots_keep_the_outermost() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let outer = dir.path().join("a");
+        let inner = outer.join("b");
+        std::fs::create_dir_all(&inner).unwrap_or_else(|e| panic!("{e}"));
+        let p = Protection::new(&[inner.clone(), outer.clone()]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.roots().len(), 1);
+        assert!(p.roots()[0].ends_with("a"));
+        assert!(matches!(p.classify(&p.roots()[0].join("b/c")), Class::Protected(0)));
+    }
+
+    #[test]
+    fn missing_protect_path_is_an_error() {
+        let e = Protection::new(&[PathBuf::from("/nonexistent/guard-test")]);
+        assert!(matches!(e, Err(FilesError::Protect { .. })));
+    }
+
+    #[test]
+    fn existing_hard_links_below_a_root_are_recorded() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path().join("p");
+        std::fs::create_dir(&root).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("f"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::hard_link(root.join("f"), dir.path().join("l")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("g"), b"y").unwrap_or_else(|e| panic!("{e}"));
+        let p = Protection::new(&[root.clone()]).unwrap_or_else(|e| panic!("{e}"));
+        let md = std::fs::metadata(dir.path().join("l")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.linked_root(md.dev(), md.ino()), Some(0));
+        let md = std::fs::metadata(root.join("g")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.linked_root(md.dev(), md.ino()), None);
+    }
+}

@@ -1,0 +1,236 @@
+//! The seccomp filter of the file hold, and the user-notification interface.
+//!
+//! The filter sends the file-destroying system calls to the supervisor (user notification) and
+//! refuses io_uring. Only the native x86-64 entry is accepted: the 32-bit `int 0x80` entry and the
+//! x32 ABI are refused with EPERM, so they cannot be used to get around the hold.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+
+use super::FilesError;
+
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
+const FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+/// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`: once received, a held call ignores non-fatal signals.
+const FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
+/// `SECCOMP_SET_MODE_FILTER`.
+const SET_MODE_FILTER: libc::c_ulong = 1;
+
+/// System calls that always go to the supervisor.
+pub const HELD: &[&str] = &[
+    "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2", "truncate", "ftruncate",
+    "creat", "openat2", "link", "linkat",
+];
+/// System calls that go to the supervisor when their flags argument has O_TRUNC: (name, arg index).
+pub const HELD_IF_TRUNC: &[(&str, u32)] = &[("open", 1), ("openat", 2)];
+/// System calls refused with EPERM: io_uring operations are invisible to seccomp.
+pub const REFUSED: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
+
+fn err(e: impl std::fmt::Display) -> FilesError {
+    FilesError::Seccomp(e.to_string())
+}
+
+/// Builds the filter as classic BPF bytes (loaded later with [`load`]).
+pub fn build() -> Result<Vec<u8>, FilesError> {
+    let mut f = ScmpFilterContext::new(ScmpAction::Allow).map_err(err)?;
+    f.set_act_badarch(ScmpAction::Errno(libc::EPERM)).map_err(err)?;
+    for name in HELD {
+        let sc = ScmpSyscall::from_name(name).map_err(err)?;
+        f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
+    }
+    for (name, arg) in HELD_IF_TRUNC {
+        let sc = ScmpSyscall::from_name(name).map_err(err)?;
+        let cmp = ScmpArgCompare::new(
+            *arg,
+            ScmpCompareOp::MaskedEqual(libc::O_TRUNC as u64),
+            libc::O_TRUNC as u64,
+        );
+        f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp]).map_err(err)?;
+    }
+    for name in REFUSED {
+        let sc = ScmpSyscall::from_name(name).map_err(err)?;
+        f.add_rule(ScmpAction::Errno(libc::EPERM), sc).map_err(err)?;
+    }
+    let memfd = nix::sys::memfd::memfd_create(c"guard-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| FilesError::Sys { what: "memfd_create", source: e.into() })?;
+    f.export_bpf(&memfd).map_err(err)?;
+    let mut file = std::fs::File::from(memfd);
+    use std::io::{Read, Seek};
+    file.seek(io::SeekFrom::Start(0)).map_err(|e| FilesError::Sys { what: "seek", source: e })?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| FilesError::Sys { what: "read filter", source: e })?;
+    if bytes.is_empty() || bytes.len() % 8 != 0 {
+        return Err(FilesError::Seccomp(format!("exported filter has {} bytes", bytes.len())));
+    }
+    Ok(bytes)
+}
+
+/// Loads a filter built by [`build`] on the calling thread and returns the notification fd.
+/// no_new_privs must be set (or the caller must have CAP_SYS_ADMIN).
+pub fn load(bpf: &[u8]) -> Result<OwnedFd, FilesError> {
+    let insns: Vec<libc::sock_filter> = bpf
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prog points to a valid filter that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SET_MODE_FILTER,
+            FLAG_NEW_LISTENER | FLAG_WAIT_KILLABLE_RECV,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(FilesError::Sys {
+            what: "seccomp(SET_MODE_FILTER, NEW_LISTENER|WAIT_KILLABLE_RECV)",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: the kernel returned a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `struct seccomp_data`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeccompData {
+    /// System call number.
+    pub nr: i32,
+    /// AUDIT_ARCH_* value.
+    pub arch: u32,
+    /// Instruction pointer.
+    pub instruction_pointer: u64,
+    /// Arguments.
+    pub args: [u64; 6],
+}
+
+/// `struct seccomp_notif`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Notif {
+    /// Cookie of this notification.
+    pub id: u64,
+    /// Thread id (in the supervisor's pid namespace).
+    pub pid: u32,
+    /// Unused.
+    pub flags: u32,
+    /// The call.
+    pub data: SeccompData,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct NotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct NotifAddfd {
+    id: u64,
+    flags: u32,
+    srcfd: u32,
+    newfd: u32,
+    newfd_flags: u32,
+}
+
+const IOCTL_RECV: libc::c_ulong = 0xC050_2100;
+const IOCTL_SEND: libc::c_ulong = 0xC018_2101;
+const IOCTL_ID_VALID: libc::c_ulong = 0x4008_2102;
+const IOCTL_ADDFD: libc::c_ulong = 0x4018_2103;
+const RESP_FLAG_CONTINUE: u32 = 1;
+const ADDFD_FLAG_SEND: u32 = 1 << 1;
+
+/// The supervisor's end of a seccomp filter.
+#[derive(Debug)]
+pub struct Listener(OwnedFd);
+
+impl Listener {
+    /// Wraps a notification fd.
+    pub fn new(fd: OwnedFd) -> Self {
+        Listener(fd)
+    }
+
+    /// The raw fd (for poll).
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Waits for the next notification. `Ok(None)` when the call was interrupted or the
+    /// notifying task went away before it was read.
+    pub fn recv(&self) -> io::Result<Option<Notif>> {
+        let mut n = Notif::default();
+        // SAFETY: n is a properly sized, zeroed seccomp_notif.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), IOCTL_RECV, &mut n as *mut Notif) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::ENOENT) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n))
+    }
+
+    fn send(&self, resp: &NotifResp) -> io::Result<()> {
+        // SAFETY: resp is a valid seccomp_notif_resp.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), IOCTL_SEND, resp as *const NotifResp) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Lets the call run as the process made it.
+    pub fn allow(&self, id: u64) -> io::Result<()> {
+        self.send(&NotifResp { id, val: 0, error: 0, flags: RESP_FLAG_CONTINUE })
+    }
+
+    /// Makes the call return `val` (success) without running it.
+    pub fn ret(&self, id: u64, val: i64) -> io::Result<()> {
+        self.send(&NotifResp { id, val, error: 0, flags: 0 })
+    }
+
+    /// Makes the call fail with `errno`.
+    pub fn fail(&self, id: u64, errno: i32) -> io::Result<()> {
+        self.send(&NotifResp { id, val: 0, error: -errno, flags: 0 })
+    }
+
+    /// Installs `fd` in the process and makes the call return its number.
+    pub fn ret_fd(&self, id: u64, fd: RawFd, cloexec: bool) -> io::Result<()> {
+        let a = NotifAddfd {
+            id,
+            flags: ADDFD_FLAG_SEND,
+            srcfd: fd as u32,
+            newfd: 0,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: a is a valid seccomp_notif_addfd.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), IOCTL_ADDFD, &a as *const NotifAddfd) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// True while the notification is still pending (its task has not gone away).
+    pub fn valid(&self, id: u64) -> bool {
+        // SAFETY: id is a valid u64.
+        unsafe { libc::ioctl(self.0.as_raw_fd(), IOCTL_ID_VALID, &id as *const u64) == 0 }
+    }
+}

@@ -1,0 +1,632 @@
+//! The seccomp backend's supervisor: answers every notification of the file-hold filter.
+//!
+//! Unprotected targets continue at once (a racing thread cannot turn that into the deletion of a
+//! protected file: Landlock forbids it to the sandbox). Protected targets become holds. Entries the
+//! sandbox may change but Landlock cannot grant (directly inside an ancestor directory of a
+//! protected root), and approved operations, are performed by the supervisor itself on a pinned
+//! directory handle, with the process's file-system credentials.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::resolve::{self, PinnedDir, Target};
+use super::seccomp::{Listener, Notif};
+use super::{Class, Protection};
+use crate::hold::{Admission, Decided, HoldInfo, Holds, ProcKey, Verdict};
+use crate::report::Reporter;
+
+/// A resolved operation the supervisor can carry out on the process's behalf.
+#[derive(Debug)]
+pub enum Op {
+    /// unlinkat(dir, name, flags).
+    Unlink {
+        /// Where.
+        at: Target,
+        /// AT_REMOVEDIR or 0.
+        flags: i32,
+    },
+    /// renameat2(from, to, flags).
+    Rename {
+        /// Source entry.
+        from: Target,
+        /// Destination entry.
+        to: Target,
+        /// RENAME_* flags.
+        flags: u32,
+    },
+    /// linkat(from, to, 0).
+    Link {
+        /// Existing entry.
+        from: Target,
+        /// New entry.
+        to: Target,
+    },
+    /// Reopen an object for writing and truncate it (truncate(2) and ftruncate(2)).
+    Truncate {
+        /// O_PATH handle of the file.
+        obj: OwnedFd,
+        /// New length.
+        len: i64,
+    },
+    /// Reopen an object with the caller's flags (O_TRUNC included) and hand the fd back.
+    Open {
+        /// O_PATH handle of the file.
+        obj: OwnedFd,
+        /// open(2) flags.
+        flags: i32,
+    },
+}
+
+/// A held operation waiting for its decision.
+#[derive(Debug)]
+pub struct Pending {
+    /// The notification to answer.
+    pub notif: u64,
+    /// The thread that made the call.
+    pub tid: u32,
+    /// What to do if approved.
+    pub op: Op,
+}
+
+/// File-system credentials of a process: who it acts as.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl Creds {
+    /// Reads the fs uid/gid and supplementary groups of thread `tid`.
+    pub fn of(tid: u32) -> io::Result<Creds> {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
+        let field = |key: &str, idx: usize| -> Option<u32> {
+            status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(idx)?.parse().ok()
+        };
+        let groups = status
+            .lines()
+            .find(|l| l.starts_with("Groups:"))
+            .map(|l| l.split_whitespace().skip(1).filter_map(|g| g.parse().ok()).collect())
+            .unwrap_or_default();
+        match (field("Uid:", 4), field("Gid:", 4)) {
+            (Some(uid), Some(gid)) => Ok(Creds { uid, gid, groups }),
+            _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const CAP_V3: u32 = 0x2008_0522;
+
+/// Runs `f` on this thread with the fs credentials of `c` and no effective capabilities, so the
+/// kernel checks permissions exactly as for the process. Restores the supervisor's identity.
+fn as_process<R>(c: &Creds, f: impl FnOnce() -> R) -> io::Result<R> {
+    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+    let mut saved = [CapData::default(); 2];
+    // SAFETY: raw per-thread credential calls with valid buffers. glibc's wrappers would
+    // broadcast setgroups to every thread; the raw calls change this thread only.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, saved.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::syscall(libc::SYS_setfsgid, c.gid);
+        libc::syscall(libc::SYS_setfsuid, c.uid);
+        let mut lowered = saved;
+        lowered[0].effective = 0;
+        lowered[1].effective = 0;
+        let mut h = hdr;
+        libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, lowered.as_ptr());
+    }
+    let r = f();
+    // SAFETY: as above; restores what was saved.
+    unsafe {
+        let mut h = CapHeader { version: CAP_V3, pid: 0 };
+        libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, saved.as_ptr());
+        libc::syscall(libc::SYS_setfsuid, 0u32);
+        libc::syscall(libc::SYS_setfsgid, 0u32);
+        libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<u32>());
+    }
+    Ok(r)
+}
+
+fn cstr(name: &OsString) -> Result<CString, i32> {
+    CString::new(name.as_bytes()).map_err(|_| libc::EINVAL)
+}
+
+fn neg(r: libc::c_int) -> Result<i64, i32> {
+    if r < 0 {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    } else {
+        Ok(r as i64)
+    }
+}
+
+/// What a performed operation returns to the process.
+enum Outcome {
+    Ret(i64),
+    Fd(OwnedFd, bool),
+}
+
+fn reopen(obj: &OwnedFd, flags: i32) -> Result<OwnedFd, i32> {
+    resolve::open_at(None, format!("/proc/self/fd/{}", obj.as_raw_fd()).as_bytes(), flags, 0)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Carries out `op` as the process would (its credentials, on the pinned handles).
+fn perform(op: &Op, creds: &Creds) -> Result<Outcome, i32> {
+    let r = as_process(creds, || -> Result<Outcome, i32> {
+        match op {
+            Op::Unlink { at, flags } => {
+                let n = cstr(&at.name)?;
+                // SAFETY: valid fd and C string.
+                neg(unsafe { libc::unlinkat(at.dir.fd.as_raw_fd(), n.as_ptr(), *flags) }).map(Outcome::Ret)
+            }
+            Op::Rename { from, to, flags } => {
+                let (a, b) = (cstr(&from.name)?, cstr(&to.name)?);
+                // SAFETY: valid fds and C strings.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        from.dir.fd.as_raw_fd(),
+                        a.as_ptr(),
+                        to.dir.fd.as_raw_fd(),
+                        b.as_ptr(),
+                        *flags,
+                    )
+                };
+                neg(r as libc::c_int).map(Outcome::Ret)
+            }
+            Op::Link { from, to } => {
+                let (a, b) = (cstr(&from.name)?, cstr(&to.name)?);
+                // SAFETY: valid fds and C strings.
+                neg(unsafe { libc::linkat(from.dir.fd.as_raw_fd(), a.as_ptr(), to.dir.fd.as_raw_fd(), b.as_ptr(), 0) })
+                    .map(Outcome::Ret)
+            }
+            Op::Truncate { obj, len } => {
+                let f = reopen(obj, libc::O_WRONLY | libc::O_NONBLOCK)?;
+                // SAFETY: valid fd.
+                neg(unsafe { libc::ftruncate(f.as_raw_fd(), *len) }).map(Outcome::Ret)
+            }
+            Op::Open { obj, flags } => {
+                let f = reopen(obj, flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC))?;
+                Ok(Outcome::Fd(f, flags & libc::O_CLOEXEC != 0))
+            }
+        }
+    });
+    r.unwrap_or_else(|e| Err(e.raw_os_error().unwrap_or(libc::EPERM)))
+}
+
+/// The supervisor of one session's file hold.
+pub struct Supervisor {
+    /// Session name.
+    pub session: String,
+    /// What is protected.
+    pub prot: Arc<Protection>,
+    /// Pending holds and standing decisions.
+    pub holds: Holds<Pending>,
+    /// The filter's notification fd.
+    pub listener: Listener,
+    /// Where holds and decisions are reported.
+    pub report: Arc<Reporter>,
+}
+
+/// What to do with a notification.
+enum Action {
+    Continue,
+    Perform(Op),
+    Hold { op: Op, kind: &'static str, root: usize, path: PathBuf, target: String },
+}
+
+fn sys_arg_i32(v: u64) -> i32 {
+    v as u32 as i32
+}
+
+impl Supervisor {
+    /// Answers notifications until every process under the filter is gone.
+    pub fn run(&self) {
+        loop {
+            let mut pfd = libc::pollfd { fd: self.listener.raw(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if r < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                tracing::error!(error = %io::Error::last_os_error(), "poll on the seccomp listener failed");
+                return;
+            }
+            if pfd.revents & libc::POLLIN != 0 {
+                match self.listener.recv() {
+                    Ok(Some(n)) => self.handle(&n),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "seccomp receive failed");
+                        return;
+                    }
+                }
+            } else if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                return;
+            }
+        }
+    }
+
+    fn handle(&self, n: &Notif) {
+        let a = n.data.args;
+        let nr = n.data.nr as i64;
+        let action = match nr {
+            libc::SYS_unlink => self.unlink(n.pid, libc::AT_FDCWD, a[0], 0),
+            libc::SYS_rmdir => self.unlink(n.pid, libc::AT_FDCWD, a[0], libc::AT_REMOVEDIR),
+            libc::SYS_unlinkat => self.unlink(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2])),
+            libc::SYS_rename => self.rename(n.pid, libc::AT_FDCWD, a[0], libc::AT_FDCWD, a[1], 0),
+            libc::SYS_renameat => self.rename(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2]), a[3], 0),
+            libc::SYS_renameat2 => {
+                self.rename(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2]), a[3], a[4] as u32)
+            }
+            libc::SYS_link => self.link(n.pid, libc::AT_FDCWD, a[0], libc::AT_FDCWD, a[1], 0),
+            libc::SYS_linkat => self.link(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2]), a[3], sys_arg_i32(a[4])),
+            libc::SYS_truncate => self.truncate(n.pid, a[0], a[1] as i64),
+            libc::SYS_ftruncate => self.ftruncate(n.pid, sys_arg_i32(a[0]), a[1] as i64),
+            libc::SYS_open => self.open(n.pid, libc::AT_FDCWD, a[0], sys_arg_i32(a[1])),
+            libc::SYS_openat => self.open(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2])),
+            libc::SYS_creat => {
+                self.open(n.pid, libc::AT_FDCWD, a[0], libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC)
+            }
+            libc::SYS_openat2 => match read_open_how(n.pid, a[2], a[3]) {
+                Some(flags) => self.open(n.pid, sys_arg_i32(a[0]), a[1], flags),
+                None => Ok(Action::Continue),
+            },
+            _ => Ok(Action::Continue),
+        };
+        // An error while looking (the process vanished, a bad pointer) lets the kernel run the
+        // call: it fails the same way, and Landlock still forbids touching a protected tree.
+        let action = action.unwrap_or(Action::Continue);
+        match action {
+            Action::Continue => {
+                let _ = self.listener.allow(n.id);
+            }
+            Action::Perform(op) => {
+                let creds = match Creds::of(n.pid) {
+                    Ok(c) => c,
+                    Err(_) => {
+                        let _ = self.listener.fail(n.id, libc::ESRCH);
+                        return;
+                    }
+                };
+                if self.listener.valid(n.id) {
+                    self.answer(n.id, perform(&op, &creds));
+                }
+            }
+            Action::Hold { op, kind, root, path, target } => self.hold(n, op, kind, root, path, target),
+        }
+    }
+
+    fn answer(&self, id: u64, r: Result<Outcome, i32>) {
+        let _ = match r {
+            Ok(Outcome::Ret(v)) => self.listener.ret(id, v),
+            Ok(Outcome::Fd(fd, cloexec)) => self.listener.ret_fd(id, fd.as_raw_fd(), cloexec),
+            Err(e) => self.listener.fail(id, e),
+        };
+    }
+
+    /// True when the entry (dir, name) is another link of a protected inode.
+    fn linked(&self, dir: &PinnedDir, name: &OsString) -> Option<usize> {
+        if !self.prot.has_linked() {
+            return None;
+        }
+        let st = fstatat(dir.fd.as_raw_fd(), name).ok()?;
+        self.prot.linked_root(st.st_dev, st.st_ino)
+    }
+
+    fn entry_class(&self, t: &Target) -> Class {
+        match self.prot.classify(&t.path()) {
+            Class::Free | Class::InAncestorDir if self.linked(&t.dir, &t.name).is_some() => {
+                Class::Protected(self.linked(&t.dir, &t.name).unwrap_or(0))
+            }
+            c => c,
+        }
+    }
+
+    /// Fast check for a plain name relative to a directory handle: true when it is certainly
+    /// free (no fd opened, one readlink).
+    fn fast_free(&self, pid: u32, dirfd: i32, path: &[u8]) -> bool {
+        if !resolve::plain_name(path) {
+            return false;
+        }
+        let Ok(dir) = resolve::dirfd_path(pid, dirfd) else {
+            return false;
+        };
+        let full = resolve::join(&dir, path);
+        if self.prot.classify(&full) != Class::Free {
+            return false;
+        }
+        if self.prot.has_linked() {
+            if let Ok(md) = std::fs::symlink_metadata(&full) {
+                use std::os::unix::fs::MetadataExt;
+                if self.prot.linked_root(md.dev(), md.ino()).is_some() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn unlink(&self, pid: u32, dirfd: i32, addr: u64, flags: i32) -> io::Result<Action> {
+        let path = resolve::read_cstr(pid, addr)?;
+        if self.fast_free(pid, dirfd, path.as_bytes()) {
+            return Ok(Action::Continue);
+        }
+        let at = resolve::target_entry(pid, dirfd, path.as_bytes())?;
+        let kind = if flags & libc::AT_REMOVEDIR != 0 { "rmdir" } else { "unlink" };
+        Ok(match self.entry_class(&at) {
+            Class::Free => Action::Continue,
+            Class::Protected(root) => {
+                let p = at.path();
+                Action::Hold { target: p.display().to_string(), path: p, kind, root, op: Op::Unlink { at, flags } }
+            }
+            // Removing an ancestor of a protected root fails (not empty); let the kernel say so.
+            Class::InAncestorDir | Class::AncestorOfRoot(_) => Action::Perform(Op::Unlink { at, flags }),
+        })
+    }
+
+    fn rename(&self, pid: u32, od: i32, oa: u64, nd: i32, na: u64, flags: u32) -> io::Result<Action> {
+        let old = resolve::read_cstr(pid, oa)?;
+        let new = resolve::read_cstr(pid, na)?;
+        if self.fast_free(pid, od, old.as_bytes()) && self.fast_free(pid, nd, new.as_bytes()) {
+            return Ok(Action::Continue);
+        }
+        let from = resolve::target_entry(pid, od, old.as_bytes())?;
+        let to = resolve::target_entry(pid, nd, new.as_bytes())?;
+        let (cf, ct) = (self.entry_class(&from), self.entry_class(&to));
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let dst_exists = fstatat(to.dir.fd.as_raw_fd(), &to.name).is_ok();
+        let root = match (cf, ct) {
+            (Class::Protected(r) | Class::AncestorOfRoot(r), _) => Some((r, from.path())),
+            (_, Class::Protected(r)) if dst_exists || exchange => Some((r, to.path())),
+            (_, Class::AncestorOfRoot(r)) if exchange => Some((r, to.path())),
+            _ => None,
+        };
+        let target = format!("{} -> {}", from.path().display(), to.path().display());
+        let op = Op::Rename { from, to, flags };
+        Ok(match root {
+            Some((root, path)) => Action::Hold { op, kind: "rename", root, path, target },
+            None if cf == Class::Free && ct == Class::Free => Action::Continue,
+            None => Action::Perform(op),
+        })
+    }
+
+    fn link(&self, pid: u32, od: i32, oa: u64, nd: i32, na: u64, flags: i32) -> io::Result<Action> {
+        if flags & libc::AT_EMPTY_PATH != 0 {
+            // Needs CAP_DAC_READ_SEARCH, which the sandbox never has: the kernel refuses it.
+            return Ok(Action::Continue);
+        }
+        let old = resolve::read_cstr(pid, oa)?;
+        let new = resolve::read_cstr(pid, na)?;
+        if self.fast_free(pid, od, old.as_bytes()) && self.fast_free(pid, nd, new.as_bytes()) {
+            return Ok(Action::Continue);
+        }
+        let from = resolve::target_entry(pid, od, old.as_bytes())?;
+        let to = resolve::target_entry(pid, nd, new.as_bytes())?;
+        let (cf, ct) = (self.entry_class(&from), self.entry_class(&to));
+        if let Class::Protected(root) = cf {
+            // A new name for a protected inode: record it, so removing that name is held too.
+            if let Ok(st) = fstatat(from.dir.fd.as_raw_fd(), &from.name) {
+                if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    self.prot.add_linked(st.st_dev, st.st_ino, root);
+                }
+            }
+        }
+        Ok(if cf == Class::Free && ct == Class::Free {
+            Action::Continue
+        } else {
+            Action::Perform(Op::Link { from, to })
+        })
+    }
+
+    fn object_class(&self, fd: &OwnedFd, path: &Path) -> io::Result<(Class, libc::stat)> {
+        let st = fstat(fd.as_raw_fd())?;
+        let c = match self.prot.classify(path) {
+            Class::Free | Class::InAncestorDir if self.prot.has_linked() => {
+                match self.prot.linked_root(st.st_dev, st.st_ino) {
+                    Some(r) => Class::Protected(r),
+                    None => self.prot.classify(path),
+                }
+            }
+            c => c,
+        };
+        Ok((c, st))
+    }
+
+    fn truncating(&self, obj: OwnedFd, path: PathBuf, op: impl FnOnce(OwnedFd) -> Op) -> io::Result<Action> {
+        let (class, st) = self.object_class(&obj, &path)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(Action::Continue);
+        }
+        Ok(match class {
+            Class::Free => Action::Continue,
+            Class::Protected(root) => {
+                Action::Hold { target: path.display().to_string(), path, kind: "truncate", root, op: op(obj) }
+            }
+            Class::InAncestorDir | Class::AncestorOfRoot(_) => Action::Perform(op(obj)),
+        })
+    }
+
+    fn truncate(&self, pid: u32, addr: u64, len: i64) -> io::Result<Action> {
+        let path = resolve::read_cstr(pid, addr)?;
+        let (obj, canon) = resolve::target_object(pid, libc::AT_FDCWD, path.as_bytes(), true)?;
+        self.truncating(obj, canon, |obj| Op::Truncate { obj, len })
+    }
+
+    fn ftruncate(&self, pid: u32, fd: i32, len: i64) -> io::Result<Action> {
+        let canon = resolve::proc_fd_path(pid, fd)?;
+        if self.prot.classify(&canon) == Class::Free && !self.prot.has_linked() {
+            return Ok(Action::Continue);
+        }
+        // The process's fd must be open for writing, as ftruncate(2) demands.
+        if fd_access_mode(pid, fd)? == libc::O_RDONLY {
+            return Ok(Action::Continue);
+        }
+        let obj = resolve::open_at(None, format!("/proc/{pid}/fd/{fd}").as_bytes(), libc::O_PATH, 0)?;
+        self.truncating(obj, canon, |obj| Op::Truncate { obj, len })
+    }
+
+    fn open(&self, pid: u32, dirfd: i32, addr: u64, flags: i32) -> io::Result<Action> {
+        if flags & libc::O_TRUNC == 0 {
+            return Ok(Action::Continue);
+        }
+        let path = resolve::read_cstr(pid, addr)?;
+        let follow = flags & libc::O_NOFOLLOW == 0;
+        let (obj, canon) = match resolve::target_object(pid, dirfd, path.as_bytes(), follow) {
+            Ok(x) => x,
+            // Nothing there yet: nothing to truncate.
+            Err(_) => return Ok(Action::Continue),
+        };
+        self.truncating(obj, canon, |obj| Op::Open { obj, flags })
+    }
+
+    fn hold(&self, n: &Notif, op: Op, kind: &'static str, root: usize, path: PathBuf, target: String) {
+        let pid = tgid_of(n.pid).unwrap_or(n.pid);
+        let info = HoldInfo {
+            id: crate::hold::new_id(),
+            session: self.session.clone(),
+            pid,
+            ns_pid: ns_pid_of(n.pid),
+            comm: std::fs::read_to_string(format!("/proc/{}/comm", n.pid)).unwrap_or_default().trim().to_string(),
+            cmdline: cmdline_of(pid),
+            kind,
+            target,
+            rule: format!("protect {}", self.prot.roots()[root].display()),
+            since: crate::audit::rfc3339_micros(std::time::SystemTime::now()),
+            started: Some(Instant::now()),
+            proc_key: ProcKey::of(n.pid),
+            root: Some(root),
+            path: Some(path),
+        };
+        let pending = Pending { notif: n.id, tid: n.pid, op };
+        match self.holds.hold_or_apply(info.clone(), pending) {
+            Admission::Decided(prior, p) => {
+                self.report.applied(&info, prior.verdict, &prior.from_hold);
+                self.carry_out(p, prior.verdict);
+            }
+            Admission::Held(info) => {
+                self.report.held(&info);
+                // The process may have been killed while we looked: don't leave a ghost hold.
+                if !self.listener.valid(n.id) {
+                    if let Ok(v) = self.holds.decide(&info.id, Verdict::Deny, crate::hold::Scope::Once, None) {
+                        for d in v {
+                            self.report.decided(&d.info, d.verdict, "process gone", d.waited);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a decided hold: performs it (approve) or fails it with EPERM (deny).
+    pub fn carry_out(&self, p: Pending, verdict: Verdict) {
+        if !self.listener.valid(p.notif) {
+            return;
+        }
+        match verdict {
+            Verdict::Deny => {
+                let _ = self.listener.fail(p.notif, libc::EPERM);
+            }
+            Verdict::Allow => match Creds::of(p.tid) {
+                Ok(c) => self.answer(p.notif, perform(&p.op, &c)),
+                Err(_) => {
+                    let _ = self.listener.fail(p.notif, libc::ESRCH);
+                }
+            },
+        }
+    }
+
+    /// Carries out and reports decided holds.
+    pub fn finish(&self, decided: Vec<Decided<Pending>>, by: &str) {
+        for d in decided {
+            self.report.decided(&d.info, d.verdict, by, d.waited);
+            self.carry_out(d.op, d.verdict);
+        }
+    }
+}
+
+fn fstatat(dir: RawFd, name: &OsString) -> io::Result<libc::stat> {
+    let c = CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: zeroed stat is valid; fd and string are valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is valid; fd is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn fd_access_mode(pid: u32, fd: i32) -> io::Result<i32> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(flags & libc::O_ACCMODE)
+}
+
+fn read_open_how(pid: u32, addr: u64, size: u64) -> Option<i32> {
+    if size < 8 {
+        return None;
+    }
+    let mut flags = [0u8; 8];
+    let local = libc::iovec { iov_base: flags.as_mut_ptr().cast(), iov_len: 8 };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 8 };
+    // SAFETY: both iovecs are valid for 8 bytes on their side.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    (n == 8).then(|| u64::from_ne_bytes(flags) as i32)
+}
+
+fn status_field(tid: u32, key: &str) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with(key))?.split_whitespace().last()?.parse().ok()
+}
+
+fn tgid_of(tid: u32) -> Option<u32> {
+    status_field(tid, "Tgid:")
+}
+
+fn ns_pid_of(tid: u32) -> Option<u32> {
+    status_field(tid, "NStgid:")
+}
+
+/// The command line of a process, NULs as spaces, at most 512 bytes.
+pub fn cmdline_of(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut s: String = String::from_utf8_lossy(&raw[..raw.len().min(512)]).replace('\0', " ");
+    s.truncate(s.trim_end().len());
+    s
+}

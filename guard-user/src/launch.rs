@@ -1,0 +1,662 @@
+//! `sandbox run`: sets the session up and launches the command under the guard.
+//!
+//! The process chain:
+//! - `sandbox` (supervisor, root, host namespaces): creates the session (state, audit log,
+//!   cgroup, eBPF exec observer), then forks
+//! - `sandbox-init` (pid 1 of a new pid namespace, new mount/ipc/uts namespaces): mounts a fresh
+//!   /proc, hides the state and log directories, forwards signals, reaps orphans; it dies with the
+//!   supervisor (PR_SET_PDEATHSIG), and with it every process of the session; it forks
+//! - the command: drops to the target user, no capabilities, no_new_privs, Landlock, the seccomp
+//!   filter (whose listener fd goes to the supervisor), fds above 2 closed, exec.
+
+use std::ffi::{CString, OsString};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use serde_json::json;
+
+use crate::audit::AuditLog;
+use crate::cgroup::SessionCgroup;
+use crate::control::{self, SessionInfo};
+use crate::files::seccomp::Listener;
+use crate::files::supervise::Supervisor;
+use crate::files::{self, Protection};
+use crate::hold::Holds;
+use crate::report::Reporter;
+
+/// Options of `sandbox run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Protect a file or a whole directory tree (also files created in it later): deleting,
+    /// renaming away or truncating waits for a human.
+    #[arg(long, value_name = "PATH")]
+    pub protect: Vec<PathBuf>,
+    /// Session name (letters, digits, `-`, `_`, `.`; at most 64).
+    #[arg(long, value_name = "NAME")]
+    pub session: Option<String>,
+    /// How long a hold waits for a decision before it is denied (e.g. 30s, 10m).
+    #[arg(long, value_name = "DUR", value_parser = crate::hold::parse_duration, default_value = "10m")]
+    pub decision_timeout: Duration,
+    /// Run the command as this user (name or uid). Default: the invoking user (SUDO_UID).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// No banner and no hold messages on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<OsString>,
+}
+
+/// Why a session could not be set up (exit status 125).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Not root.
+    #[error("sandbox run must be started as root (sudo sandbox run ...)")]
+    NotRoot,
+    /// Bad option value.
+    #[error("{0}")]
+    Usage(String),
+    /// Protection set-up.
+    #[error(transparent)]
+    Files(#[from] files::FilesError),
+    /// cgroup set-up.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// Audit log.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// eBPF exec observer.
+    #[error("exec observer: {0}")]
+    Exec(#[from] crate::exec::ExecError),
+    /// Any other system call.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandboxed child could not finish its set-up.
+    #[error("the sandbox could not be set up (see the message above)")]
+    Child,
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
+    let what = what.into();
+    move |e| RunError::Sys { what, source: e.into() }
+}
+
+fn sys_io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Sys { what, source }
+}
+
+/// Who the command runs as.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Login name.
+    pub name: String,
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Home directory.
+    pub home: PathBuf,
+}
+
+fn lookup_user(spec: &str) -> Result<nix::unistd::User, RunError> {
+    let by_name = nix::unistd::User::from_name(spec).map_err(sys(format!("look up user {spec}")))?;
+    if let Some(u) = by_name {
+        return Ok(u);
+    }
+    if let Ok(uid) = spec.parse::<u32>() {
+        if let Some(u) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).map_err(sys("look up uid"))? {
+            return Ok(u);
+        }
+    }
+    Err(RunError::Usage(format!("--user {spec}: no such user")))
+}
+
+/// Picks the identity: `--user`, else SUDO_UID/SUDO_GID; refuses to guess root.
+pub fn identity(user: Option<&str>) -> Result<Identity, RunError> {
+    let u = match user {
+        Some(spec) => lookup_user(spec)?,
+        None => match std::env::var("SUDO_UID") {
+            Ok(uid) => lookup_user(&uid)?,
+            Err(_) => {
+                return Err(RunError::Usage(
+                    "cannot tell the invoking user (no SUDO_UID): start with sudo, or say --user USER (--user root to run as root)".into(),
+                ))
+            }
+        },
+    };
+    let gid = match (user, std::env::var("SUDO_GID")) {
+        (None, Ok(g)) => g.parse().unwrap_or(u.gid.as_raw()),
+        _ => u.gid.as_raw(),
+    };
+    let cname = CString::new(u.name.as_bytes()).map_err(|_| RunError::Usage("bad user name".into()))?;
+    let groups = nix::unistd::getgrouplist(&cname, nix::unistd::Gid::from_raw(gid))
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![gid]);
+    Ok(Identity { name: u.name, uid: u.uid.as_raw(), gid, groups, home: u.dir })
+}
+
+/// Checks a session name, or makes one from the command.
+pub fn session_name(given: Option<&str>, cmd: &[OsString]) -> Result<String, RunError> {
+    if let Some(n) = given {
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && !n.starts_with('.')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(RunError::Usage(format!(
+                "--session {n:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+            )));
+        }
+        return Ok(n.to_string());
+    }
+    let base: String = cmd
+        .first()
+        .map(|c| Path::new(c).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(24)
+        .collect();
+    let base = if base.is_empty() { "session".to_string() } else { base };
+    Ok(format!("{base}-{}", &crate::hold::new_id()[..6]))
+}
+
+fn ensure_private_dir(p: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(p).map_err(sys_io(format!("create {}", p.display())))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(sys_io(format!("chmod {}", p.display())))
+}
+
+/// Binds the session's control socket (refusing a live session of the same name).
+fn bind_control(dir: &Path, session: &str) -> Result<(UnixListener, PathBuf), RunError> {
+    ensure_private_dir(dir)?;
+    let path = control::socket_path(dir, session);
+    if path.as_os_str().len() >= 108 {
+        return Err(RunError::Usage(format!("control socket path too long: {}", path.display())));
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(RunError::Usage(format!("a session named {session} is already running")));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let l = UnixListener::bind(&path).map_err(sys_io(format!("bind {}", path.display())))?;
+    Ok((l, path))
+}
+
+/// Everything the child needs, prepared by the supervisor before the fork.
+struct ChildPlan {
+    ident: Identity,
+    cmd: Vec<CString>,
+    env: Vec<(OsString, OsString)>,
+    bpf: Vec<u8>,
+    grants: Vec<(PathBuf, files::landlock::Grant)>,
+    hide: Vec<PathBuf>,
+    chan: OwnedFd,
+}
+
+/// Runs `sandbox run`. Returns the command's exit status.
+pub fn run(args: RunArgs) -> Result<u8, RunError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(RunError::NotRoot);
+    }
+    let ident = identity(args.user.as_deref())?;
+    let session = session_name(args.session.as_deref(), &args.cmd)?;
+    let prot = Arc::new(Protection::new(&args.protect)?);
+    let cmd: Vec<CString> = args
+        .cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| RunError::Usage("an argument contains a NUL byte".into())))
+        .collect::<Result<_, _>>()?;
+
+    let state = control::state_dir();
+    let log_dir = crate::audit::log_dir();
+    let (ctl_listener, ctl_path) = bind_control(&state, &session)?;
+    let cleanup_sock = scopeguard(ctl_path.clone());
+    let audit = Arc::new(AuditLog::create(&log_dir, &session)?);
+    let cg = SessionCgroup::create(&session)?;
+    let cg_guard = CgroupGuard(&cg);
+
+    let mut observer = crate::exec::ExecObserver::load()?;
+    observer.watch_cgroup(cg.id()?)?;
+
+    let bpf = files::seccomp::build()?;
+    let grants = if prot.is_empty() { Vec::new() } else { files::landlock::grants(&prot) };
+    let started = crate::audit::rfc3339_micros(std::time::SystemTime::now());
+    let cmd_str: Vec<String> = args.cmd.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    let report = Arc::new(Reporter::new(audit.clone(), args.quiet));
+    report.record(
+        "session_start",
+        json!({"command": cmd_str, "user": ident.name, "uid": ident.uid, "gid": ident.gid,
+               "protected": prot.roots(), "backend": "seccomp", "decision_timeout_s": args.decision_timeout.as_secs_f64(),
+               "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
+    );
+    if !args.quiet {
+        eprintln!(
+            "sandbox: session {session} as {} (backend seccomp+landlock, {} protected path{}); decide holds with `sudo sandbox pending`",
+            ident.name,
+            prot.roots().len(),
+            if prot.roots().len() == 1 { "" } else { "s" }
+        );
+    }
+
+    let (sup_end, child_end) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(sys("socketpair"))?;
+
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !matches!(k.to_str(), Some("HOME" | "USER" | "LOGNAME" | "SANDBOX_SESSION")))
+        .collect();
+    env.push(("HOME".into(), ident.home.clone().into_os_string()));
+    env.push(("USER".into(), ident.name.clone().into()));
+    env.push(("LOGNAME".into(), ident.name.clone().into()));
+    env.push(("SANDBOX_SESSION".into(), session.clone().into()));
+
+    let plan = ChildPlan {
+        ident: ident.clone(),
+        cmd,
+        env,
+        bpf,
+        grants,
+        hide: vec![state.clone(), log_dir.clone()],
+        chan: child_end,
+    };
+
+    // Set before forking: the init must not miss a SIGTERM sent to the supervisor.
+    let sigs = forwarded_signals();
+    block(&sigs);
+    // A fork into a new pid namespace (unshare would forbid the supervisor's threads later).
+    // SAFETY: the supervisor is single-threaded until after this call; with a null stack the
+    // raw clone behaves like fork(2).
+    let r = unsafe {
+        libc::syscall(libc::SYS_clone, (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
+    let init = match r {
+        r if r < 0 => return Err(sys_io("clone(CLONE_NEWPID)")(std::io::Error::last_os_error())),
+        0 => {
+            drop(sup_end);
+            init_main(&cg, plan)
+        }
+        child => Pid::from_raw(child as i32),
+    };
+    drop(plan);
+
+    // Receive the listener fd from the command child; without it nothing runs.
+    let listener = match recv_fd(sup_end.as_raw_fd(), Duration::from_secs(30)) {
+        Ok(fd) => Listener::new(fd),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(init, None);
+            report.record("session_end", json!({"error": format!("set-up failed: {e}")}));
+            return Err(RunError::Child);
+        }
+    };
+    let sup = Arc::new(Supervisor {
+        session: session.clone(),
+        prot: prot.clone(),
+        holds: Holds::default(),
+        listener,
+        report: report.clone(),
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let notify_thread = {
+        let sup = sup.clone();
+        std::thread::Builder::new().name("notify".into()).spawn(move || sup.run()).map_err(sys_io("spawn"))?
+    };
+    {
+        let sup = sup.clone();
+        let (session, ident, started, cmd_str, log) =
+            (session.clone(), ident.clone(), started.clone(), cmd_str.clone(), log_dir.join(format!("{session}.jsonl")));
+        let roots = prot.roots().to_vec();
+        let supref = sup.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                control::serve(ctl_listener, sup, move || SessionInfo {
+                    session: session.clone(),
+                    pid: std::process::id(),
+                    command: cmd_str.clone(),
+                    user: ident.name.clone(),
+                    uid: ident.uid,
+                    started: started.clone(),
+                    backend: "seccomp".into(),
+                    protected: roots.clone(),
+                    pending: supref.holds.list().len(),
+                    log: log.clone(),
+                })
+            })
+            .map_err(sys_io("spawn"))?;
+    }
+    let timer_thread = {
+        let (sup, stop, timeout) = (sup.clone(), stop.clone(), args.decision_timeout);
+        std::thread::Builder::new()
+            .name("timeout".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    sup.finish(sup.holds.expired(timeout), "timeout");
+                }
+            })
+            .map_err(sys_io("spawn"))?
+    };
+    let exec_thread = {
+        let (stop, report) = (stop.clone(), report.clone());
+        std::thread::Builder::new()
+            .name("exec".into())
+            .spawn(move || {
+                let mut emit = |ev: crate::exec::ExecEvent| {
+                    report.record("exec", serde_json::to_value(&ev).unwrap_or_default());
+                };
+                loop {
+                    let done = stop.load(Ordering::Relaxed);
+                    let mut pfd = libc::pollfd { fd: observer.ring_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    observer.drain(&mut emit);
+                    if done {
+                        return observer;
+                    }
+                }
+            })
+            .map_err(sys_io("spawn"))?
+    };
+
+    // Let the command exec.
+    let _ = socket::send(sup_end.as_raw_fd(), b"g", MsgFlags::empty());
+    drop(sup_end);
+
+    let t0 = Instant::now();
+    let status = wait_init(init, &sigs);
+    let code = match status {
+        WaitStatus::Exited(_, c) => c as u8,
+        WaitStatus::Signaled(_, s, _) => 128u8.wrapping_add(s as u8),
+        _ => 125,
+    };
+    cg.destroy();
+    let _ = notify_thread.join();
+    sup.finish(sup.holds.drain(), "session ended");
+    stop.store(true, Ordering::Relaxed);
+    let _ = timer_thread.join();
+    if let Ok(mut obs) = exec_thread.join() {
+        let _ = obs.unwatch_cgroup(cg.id().unwrap_or(0));
+    }
+    report.record(
+        "session_end",
+        json!({"exit_status": code, "raw_status": format!("{status:?}"), "duration_ms": t0.elapsed().as_millis() as u64}),
+    );
+    drop(cg_guard);
+    drop(cleanup_sock);
+    Ok(code)
+}
+
+/// Removes the control socket when the session ends, however it ends.
+struct SockGuard(PathBuf);
+impl Drop for SockGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+fn scopeguard(p: PathBuf) -> SockGuard {
+    SockGuard(p)
+}
+
+/// Removes the cgroup on early errors.
+struct CgroupGuard<'a>(&'a SessionCgroup);
+impl Drop for CgroupGuard<'_> {
+    fn drop(&mut self) {
+        self.0.destroy();
+    }
+}
+
+fn forwarded_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut s = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGCHLD] {
+        s.add(sig);
+    }
+    s
+}
+
+fn block(s: &nix::sys::signal::SigSet) {
+    let _ = s.thread_block();
+}
+
+/// Waits for the init; forwards SIGTERM/SIGHUP/SIGUSR1/2 to it. The terminal's SIGINT and
+/// SIGQUIT reach the command directly; the supervisor ignores them.
+fn wait_init(init: Pid, sigs: &nix::sys::signal::SigSet) -> WaitStatus {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: setting SIG_IGN is async-signal-safe.
+    unsafe {
+        let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGQUIT, SigHandler::SigIgn);
+    }
+    loop {
+        match waitpid(init, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return s,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return WaitStatus::Exited(init, 125),
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+        // SAFETY: sigtimedwait with a valid set and timeout.
+        let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &ts) };
+        if sig > 0 && sig != libc::SIGCHLD {
+            // SAFETY: plain kill.
+            unsafe { libc::kill(init.as_raw(), sig) };
+        }
+    }
+}
+
+fn recv_fd(sock: RawFd, timeout: Duration) -> Result<OwnedFd, String> {
+    let mut pfd = libc::pollfd { fd: sock, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    if r <= 0 {
+        return Err("the sandboxed child did not hand over its seccomp listener".into());
+    }
+    let mut buf = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(RawFd);
+    let msg = socket::recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|e| format!("receive listener: {e}"))?;
+    for c in msg.cmsgs().map_err(|e| format!("receive listener: {e}"))? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel installed this fd for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err("the sandboxed child failed before handing over its seccomp listener".into())
+}
+
+/// Prints a set-up error of a child and exits 125 (never returns).
+fn child_fail(what: &str, e: impl std::fmt::Display) -> ! {
+    eprintln!("sandbox: {what}: {e}");
+    // SAFETY: _exit is always safe; no destructors of the forked copy must run.
+    unsafe { libc::_exit(125) }
+}
+
+/// The pid-1 process of the session.
+fn init_main(cg: &SessionCgroup, plan: ChildPlan) -> ! {
+    use nix::mount::{mount, MsFlags};
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_NAME, c"sandbox-init".as_ptr());
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+    }
+    if let Err(e) = cg.add(0) {
+        child_fail("join the session cgroup", e);
+    }
+    let flags = nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_NEWIPC | nix::sched::CloneFlags::CLONE_NEWUTS;
+    if let Err(e) = nix::sched::unshare(flags) {
+        child_fail("unshare(mount, ipc, uts)", e);
+    }
+    if let Err(e) = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>) {
+        child_fail("make / private", e);
+    }
+    let nsx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(e) = mount(Some("proc"), "/proc", Some("proc"), nsx, None::<&str>) {
+        child_fail("mount /proc", e);
+    }
+    for dir in &plan.hide {
+        if dir.is_dir() {
+            if let Err(e) = mount(Some("tmpfs"), dir, Some("tmpfs"), nsx | MsFlags::MS_RDONLY, Some("size=4k,mode=0700")) {
+                child_fail(&format!("hide {}", dir.display()), e);
+            }
+        }
+    }
+    // SAFETY: init is single-threaded.
+    let cmd_pid = match unsafe { nix::unistd::fork() } {
+        Err(e) => child_fail("fork", e),
+        Ok(ForkResult::Child) => command_main(plan),
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop(plan);
+    init_loop(cmd_pid)
+}
+
+extern "C" fn noop(_: libc::c_int) {}
+
+/// Reaps everything; forwards signals to the command; exits with the command's status.
+fn init_loop(cmd: Pid) -> ! {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let sigs = forwarded_signals();
+    // pid 1 drops signals whose action is SIG_DFL: install a handler so they queue.
+    let sa = SigAction::new(SigHandler::Handler(noop), SaFlags::SA_RESTART, SigSet::empty());
+    for s in sigs.iter() {
+        // SAFETY: installing a no-op handler.
+        let _ = unsafe { sigaction(s, &sa) };
+    }
+    loop {
+        loop {
+            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, c)) if p == cmd => unsafe { libc::_exit(c) },
+                Ok(WaitStatus::Signaled(p, s, _)) if p == cmd => unsafe { libc::_exit(128 + s as i32) },
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let ts = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+        // SAFETY: valid set and timeout.
+        let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &ts) };
+        if sig > 0 && sig != libc::SIGCHLD {
+            let _ = nix::sys::signal::kill(cmd, nix::sys::signal::Signal::try_from(sig).ok());
+        }
+    }
+}
+
+/// The command process: drops everything and execs.
+fn command_main(plan: ChildPlan) -> ! {
+    // SAFETY: plain prctl / sigprocmask calls in a single-threaded child.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"sandbox-cmd".as_ptr());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+    let ruleset = if plan.grants.is_empty() {
+        None
+    } else {
+        match files::landlock::prepare(&plan.grants) {
+            Ok(r) => Some(r),
+            Err(e) => child_fail("landlock", e),
+        }
+    };
+    let id = &plan.ident;
+    // Drop every capability from the bounding set while we still may.
+    for cap in 0..=63 {
+        // SAFETY: prctl with integer arguments; EINVAL past the last capability is fine.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+    }
+    // SAFETY: raw credential calls in a single-threaded child.
+    unsafe {
+        if libc::setgroups(id.groups.len(), id.groups.as_ptr()) != 0 {
+            child_fail("setgroups", std::io::Error::last_os_error());
+        }
+        if libc::setresgid(id.gid, id.gid, id.gid) != 0 {
+            child_fail("setresgid", std::io::Error::last_os_error());
+        }
+        if libc::setresuid(id.uid, id.uid, id.uid) != 0 {
+            child_fail("setresuid", std::io::Error::last_os_error());
+        }
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        let mut hdr = [0x2008_0522u32, 0];
+        let data = [0u32; 6];
+        if libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) != 0 {
+            child_fail("drop capabilities", std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            child_fail("no_new_privs", std::io::Error::last_os_error());
+        }
+    }
+    if let Some(r) = ruleset {
+        if let Err(e) = r.apply() {
+            child_fail("landlock", e);
+        }
+    }
+    let listener = match files::seccomp::load(&plan.bpf) {
+        Ok(fd) => fd,
+        Err(e) => child_fail("seccomp", e),
+    };
+    let fds = [listener.as_raw_fd()];
+    let cm = [ControlMessage::ScmRights(&fds)];
+    if let Err(e) = socket::sendmsg::<()>(plan.chan.as_raw_fd(), &[IoSlice::new(b"l")], &cm, MsgFlags::empty(), None) {
+        child_fail("hand over the seccomp listener", e);
+    }
+    // The listener must never stay in the sandbox: a process holding it could answer its own holds.
+    drop(listener);
+    let mut go = [0u8; 1];
+    match socket::recv(plan.chan.as_raw_fd(), &mut go, MsgFlags::empty()) {
+        Ok(1) => {}
+        _ => child_fail("start", "the supervisor went away"),
+    }
+    // SAFETY: close_range on our own descriptor table.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    for (k, _) in std::env::vars_os() {
+        // SAFETY: single-threaded child.
+        unsafe { std::env::remove_var(k) };
+    }
+    for (k, v) in &plan.env {
+        // SAFETY: single-threaded child.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let e = nix::unistd::execvp(&plan.cmd[0], &plan.cmd).err();
+    let code = match e {
+        Some(nix::errno::Errno::ENOENT) => 127,
+        _ => 126,
+    };
+    eprintln!(
+        "sandbox: cannot execute {}: {}",
+        plan.cmd[0].to_string_lossy(),
+        e.map(|e| e.desc()).unwrap_or("unknown error")
+    );
+    // SAFETY: _exit after a failed exec.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,117 @@
+//! `sandbox`: runs a command so that every irreversible action it attempts waits for a human.
+
+mod audit;
+mod cgroup;
+mod control;
+mod exec;
+mod files;
+mod hold;
+mod launch;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status when the sandbox itself could not be set up (like podman/docker).
+pub const EXIT_SETUP: u8 = 125;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sandbox",
+    version,
+    about = "Run an AI agent so that irreversible actions wait for a human"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a command in a new session under the guard (as root).
+    Run(launch::RunArgs),
+    /// List held operations waiting for a decision.
+    Pending {
+        /// Only this session.
+        #[arg(long, value_name = "NAME")]
+        session: Option<String>,
+        /// A JSON array of objects (id, session, pid, kind, target, rule, since, ...).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held operation: it goes on as if never held.
+    Approve {
+        /// The hold id (from `sandbox pending`).
+        id: String,
+        /// How far the decision reaches.
+        #[arg(long, value_enum, default_value_t = hold::Scope::Process)]
+        scope: hold::Scope,
+        /// How long a standing decision lasts (e.g. 30s, 10m).
+        #[arg(long = "for", value_name = "DUR", value_parser = hold::parse_duration)]
+        for_: Option<std::time::Duration>,
+    },
+    /// Deny a held operation: it fails with "Operation not permitted".
+    Deny {
+        /// The hold id (from `sandbox pending`).
+        id: String,
+        /// How far the decision reaches.
+        #[arg(long, value_enum, default_value_t = hold::Scope::Process)]
+        scope: hold::Scope,
+        /// How long a standing decision lasts (e.g. 30s, 10m).
+        #[arg(long = "for", value_name = "DUR", value_parser = hold::parse_duration)]
+        for_: Option<std::time::Duration>,
+    },
+    /// List live sessions.
+    Sessions {
+        /// A JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the audit log of a session (the newest when none is named).
+    Log(audit::LogArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SANDBOX_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let is_run = std::env::args().nth(1).as_deref() == Some("run");
+            let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            let _ = e.print();
+            return if informational {
+                ExitCode::SUCCESS
+            } else if is_run {
+                ExitCode::from(EXIT_SETUP)
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    let res: Result<u8, (u8, anyhow::Error)> = match cli.cmd {
+        Cmd::Run(a) => launch::run(a).map_err(|e| (EXIT_SETUP, e.into())),
+        Cmd::Pending { session, json } => control::cmd_pending(session.as_deref(), json).map_err(|e| (1, e.into())),
+        Cmd::Approve { id, scope, for_ } => {
+            control::cmd_decide(&id, hold::Verdict::Allow, scope, for_).map_err(|e| (1, e.into()))
+        }
+        Cmd::Deny { id, scope, for_ } => {
+            control::cmd_decide(&id, hold::Verdict::Deny, scope, for_).map_err(|e| (1, e.into()))
+        }
+        Cmd::Sessions { json } => control::cmd_sessions(json).map_err(|e| (1, e.into())),
+        Cmd::Log(a) => audit::cmd_log(&a).map_err(|e| (1, anyhow::Error::from(e))),
+    };
+    match res {
+        Ok(code) => ExitCode::from(code),
+        Err((code, e)) => {
+            eprintln!("sandbox: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
