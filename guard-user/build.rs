@@ -47,7 +47,6 @@ fn main() {
     }
     // Read by guard-ebpf/build.rs (which clang to use); passed through.
     println!("cargo:rerun-if-env-changed=CLANG");
-    println!("cargo:rerun-if-env-changed=PATH");
 
     let toolchain = toolchain_of(&ebpf_dir);
     check_toolchain(&toolchain);
@@ -66,16 +65,26 @@ fn main() {
     .current_dir(&ebpf_dir);
     clean_env(&mut cmd);
 
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| fail(&format!("cannot run `{cmd:?}`: {e}\n{SETUP_HINT}")));
+    let output = cmd.output().unwrap_or_else(|e| {
+        fail(&format!(
+            "cannot run `{}`: {e}\n{SETUP_HINT}",
+            describe(&cmd)
+        ))
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stdout));
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        eprintln!("{stderr}");
         fail(&format!(
-            "building the eBPF programs failed ({}); the output of `{cmd:?}` is above",
-            output.status
+            "building the eBPF programs failed ({}); the output of `{}` in {} is above",
+            output.status,
+            describe(&cmd),
+            ebpf_dir.display()
         ));
+    }
+    // Warnings of the eBPF build would be lost otherwise.
+    for line in stderr.lines().filter(|l| l.starts_with("warning")) {
+        println!("cargo:warning=guard-ebpf: {line}");
     }
 
     let object = target_dir.join("bpfel-unknown-none/release/guard-ebpf");
@@ -116,11 +125,15 @@ fn check_toolchain(toolchain: &str) {
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         }
         Ok(out) => fail(&format!(
-            "the Rust toolchain `{toolchain}` is not usable (`{cmd:?}`: {}): {}\n{SETUP_HINT}",
+            "the Rust toolchain `{toolchain}` is not usable (`{}`: {}): {}\n{SETUP_HINT}",
+            describe(&cmd),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )),
-        Err(e) => fail(&format!("cannot run rustup (`{cmd:?}`): {e}\n{SETUP_HINT}")),
+        Err(e) => fail(&format!(
+            "cannot run rustup (`{}`): {e}\n{SETUP_HINT}",
+            describe(&cmd)
+        )),
     };
     let core_src = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
     if !core_src.is_file() {
@@ -161,22 +174,35 @@ fn clean_env(cmd: &mut Command) {
         "OPT_LEVEL",
         "DEBUG",
         "NUM_JOBS",
-        "RUSTC_LINKER",
+        "RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+        "RUST_RECURSION_COUNT",
     ];
     for (key, _) in env::vars_os() {
         let Some(name) = key.to_str() else { continue };
         let keep = KEEP
             .iter()
             .any(|k| name == *k || (k.ends_with('_') && name.starts_with(k)));
-        // RUSTUP_* settings (home, auto-install) stay, except the toolchain the outer build runs.
+        // RUSTC covers RUSTC_WRAPPER, RUSTC_WORKSPACE_WRAPPER, RUSTC_LINKER, RUSTC_BOOTSTRAP;
+        // rustup's own settings (home, auto-install) stay, except the selected toolchain.
         let leaks = name.starts_with("CARGO")
-            || (name.starts_with("RUST") && !name.starts_with("RUSTUP_"))
-            || name == "RUSTUP_TOOLCHAIN"
+            || name.starts_with("RUSTC")
+            || name.starts_with("RUSTDOC")
             || DROP_EXACT.contains(&name);
         if leaks && !keep {
             cmd.env_remove(OsStr::new(name));
         }
     }
+}
+
+/// The command line without the environment changes, for messages.
+fn describe(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
 }
 
 fn env_or_fail(name: &str) -> String {

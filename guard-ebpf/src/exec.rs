@@ -31,7 +31,7 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     // SAFETY: a helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is copied out at once; only the user side writes this map.
-    let Some(&session_flags) = (unsafe { SESSION_CGROUPS.get(&cgroup_id) }) else {
+    let Some(&session_flags) = (unsafe { SESSION_CGROUPS.get(cgroup_id) }) else {
         return Ok(0);
     };
 

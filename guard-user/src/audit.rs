@@ -880,7 +880,6 @@ fn sanitize(s: &str) -> String {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "a failing test should fail loudly")]
 mod tests {
     use super::*;
     use std::sync::Arc;

@@ -9,6 +9,9 @@ pub enum CgroupError {
     /// No cgroup2 file system is mounted.
     #[error("no cgroup v2 file system is mounted (looked in /proc/self/mountinfo)")]
     NoCgroup2,
+    /// A session of that name still has processes.
+    #[error("a session named {0} is still running (its cgroup has processes)")]
+    Busy(String),
     /// A cgroup operation failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -38,7 +41,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -60,12 +66,17 @@ pub struct SessionCgroup {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io { what, path: path.to_path_buf(), source }
+    move |source| CgroupError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The cgroup2 mount point of this host.
 pub fn mount_point() -> Result<PathBuf, CgroupError> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
     find_cgroup2(&mi).ok_or(CgroupError::NoCgroup2)
 }
 
@@ -80,7 +91,14 @@ impl SessionCgroup {
             Err(e) => return Err(io_err("create", &parent)(e)),
         }
         let path = parent.join(session);
-        std::fs::create_dir(&path).map_err(io_err("create", &path))?;
+        if let Err(e) = std::fs::create_dir(&path) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(io_err("create", &path)(e));
+            }
+            // Left over from a session that ended badly: reuse it only if it is empty.
+            std::fs::remove_dir(&path).map_err(|_| CgroupError::Busy(session.to_string()))?;
+            std::fs::create_dir(&path).map_err(io_err("create", &path))?;
+        }
         Ok(SessionCgroup { path })
     }
 
@@ -92,7 +110,9 @@ impl SessionCgroup {
     /// The cgroup id (its directory's inode number), as bpf_get_current_cgroup_id reports it.
     pub fn id(&self) -> Result<u64, CgroupError> {
         use std::os::unix::fs::MetadataExt;
-        Ok(std::fs::metadata(&self.path).map_err(io_err("stat", &self.path))?.ino())
+        Ok(std::fs::metadata(&self.path)
+            .map_err(io_err("stat", &self.path))?
+            .ino())
     }
 
     /// Moves process `pid` (0: the caller) into the cgroup.
@@ -141,7 +161,10 @@ mod tests {
         let mi = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
                   32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
                   41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(find_cgroup2(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_cgroup2(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let mi2 = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(find_cgroup2(mi2), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(find_cgroup2("1 2 0:1 / / rw - ext4 /dev/sda rw\n"), None);

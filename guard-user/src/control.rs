@@ -18,7 +18,9 @@ use crate::hold::{Scope, Verdict};
 
 /// `$SANDBOX_STATE_DIR`, default `/run/sandbox`.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("SANDBOX_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/sandbox"))
+    std::env::var_os("SANDBOX_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/sandbox"))
 }
 
 /// Errors of the control channel.
@@ -118,10 +120,24 @@ struct Answer {
 
 impl Answer {
     fn err(e: impl Into<String>) -> Self {
-        Answer { ok: false, error: Some(e.into()), unknown: None, pending: None, info: None, decided: None }
+        Answer {
+            ok: false,
+            error: Some(e.into()),
+            unknown: None,
+            pending: None,
+            info: None,
+            decided: None,
+        }
     }
     fn ok() -> Self {
-        Answer { ok: true, error: None, unknown: None, pending: None, info: None, decided: None }
+        Answer {
+            ok: true,
+            error: None,
+            unknown: None,
+            pending: None,
+            info: None,
+            decided: None,
+        }
     }
 }
 
@@ -132,12 +148,22 @@ pub fn socket_path(dir: &Path, session: &str) -> PathBuf {
 
 /// Who may talk to a session: root, outside every sandbox.
 fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
-    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: u32::MAX };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     use std::os::fd::AsRawFd;
     // SAFETY: cred and len are valid for SO_PEERCRED.
     let r = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
     };
     if r != 0 || cred.pid <= 0 {
         return Err("cannot identify the peer".into());
@@ -152,24 +178,26 @@ fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
 }
 
 /// Serves the control socket of a session until the listener is closed.
-pub fn serve(listener: UnixListener, sup: Arc<Supervisor>, info: impl Fn() -> SessionInfo + Send + 'static) {
+pub fn serve(
+    listener: UnixListener,
+    sup: Arc<Supervisor>,
+    info: impl Fn() -> SessionInfo + Send + 'static,
+) {
     for conn in listener.incoming() {
         let Ok(mut stream) = conn else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-        let answer = match peer_allowed(&stream) {
-            Err(e) => Answer::err(e),
-            Ok(peer) => {
-                let mut line = String::new();
-                let mut rd = BufReader::new(&stream).take(64 * 1024);
-                match rd.read_line(&mut line) {
-                    Ok(_) => match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => handle(req, &sup, &info, peer),
-                        Err(e) => Answer::err(format!("bad request: {e}")),
-                    },
-                    Err(e) => Answer::err(format!("read: {e}")),
-                }
-            }
+        // Read the request first (so a refused peer gets the answer, not a broken pipe), but
+        // act on it only for an allowed peer.
+        let mut line = String::new();
+        let read = BufReader::new(&stream).take(64 * 1024).read_line(&mut line);
+        let answer = match (peer_allowed(&stream), read) {
+            (Err(e), _) => Answer::err(e),
+            (Ok(_), Err(e)) => Answer::err(format!("read: {e}")),
+            (Ok(peer), Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                Ok(req) => handle(req, &sup, &info, peer),
+                Err(e) => Answer::err(format!("bad request: {e}")),
+            },
         };
         if let Ok(mut s) = serde_json::to_string(&answer) {
             s.push('\n');
@@ -178,38 +206,76 @@ pub fn serve(listener: UnixListener, sup: Arc<Supervisor>, info: impl Fn() -> Se
     }
 }
 
-
 fn handle(req: Request, sup: &Supervisor, info: &dyn Fn() -> SessionInfo, peer: u32) -> Answer {
     match req {
         Request::Pending => {
-            let v = sup.holds.list().iter().filter_map(|h| serde_json::to_value(h).ok()).collect();
-            Answer { pending: Some(v), ..Answer::ok() }
+            let v = sup
+                .holds
+                .list()
+                .iter()
+                .filter_map(|h| serde_json::to_value(h).ok())
+                .collect();
+            Answer {
+                pending: Some(v),
+                ..Answer::ok()
+            }
         }
-        Request::Info => Answer { info: Some(info()), ..Answer::ok() },
-        Request::Decide { id, verdict, scope, for_ms } => {
-            match sup.holds.decide(&id, verdict, scope, for_ms.map(Duration::from_millis)) {
+        Request::Info => Answer {
+            info: Some(info()),
+            ..Answer::ok()
+        },
+        Request::Decide {
+            id,
+            verdict,
+            scope,
+            for_ms,
+        } => {
+            match sup
+                .holds
+                .decide(&id, verdict, scope, for_ms.map(Duration::from_millis))
+            {
                 Ok(decided) => {
                     let ids = decided.iter().map(|d| d.info.id.clone()).collect();
-                    let by = format!("root via control socket (pid {peer}, scope {scope:?})").to_lowercase();
+                    let by = format!("root via control socket (pid {peer}, scope {scope:?})")
+                        .to_lowercase();
                     sup.finish(decided, &by);
-                    Answer { decided: Some(ids), ..Answer::ok() }
+                    Answer {
+                        decided: Some(ids),
+                        ..Answer::ok()
+                    }
                 }
-                Err(e) => Answer { unknown: Some(true), ..Answer::err(e.to_string()) },
+                Err(e) => Answer {
+                    unknown: Some(true),
+                    ..Answer::err(e.to_string())
+                },
             }
         }
     }
 }
 
 fn call(sock: &Path, req: &Request) -> Result<Answer, ControlError> {
-    let io = |what| move |source| ControlError::Io { what, path: sock.to_path_buf(), source };
+    let io = |what| {
+        move |source| ControlError::Io {
+            what,
+            path: sock.to_path_buf(),
+            source,
+        }
+    };
     let mut s = UnixStream::connect(sock).map_err(io("connect"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("configure"))?;
-    let mut line = serde_json::to_string(req).map_err(|source| ControlError::Protocol { path: sock.into(), source })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io("configure"))?;
+    let mut line = serde_json::to_string(req).map_err(|source| ControlError::Protocol {
+        path: sock.into(),
+        source,
+    })?;
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io("write"))?;
     let mut out = String::new();
     BufReader::new(&s).read_line(&mut out).map_err(io("read"))?;
-    serde_json::from_str(&out).map_err(|source| ControlError::Protocol { path: sock.into(), source })
+    serde_json::from_str(&out).map_err(|source| ControlError::Protocol {
+        path: sock.into(),
+        source,
+    })
 }
 
 /// The sockets of live sessions (optionally only `only`).
@@ -225,7 +291,13 @@ fn sockets(only: Option<&str>) -> Result<Vec<(String, PathBuf)>, ControlError> {
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(ControlError::Io { what: "list", path: dir, source }),
+        Err(source) => {
+            return Err(ControlError::Io {
+                what: "list",
+                path: dir,
+                source,
+            })
+        }
     };
     let mut v: Vec<(String, PathBuf)> = rd
         .flatten()
@@ -251,7 +323,9 @@ pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError
             Ok(a) if a.ok => all.extend(a.pending.unwrap_or_default()),
             Ok(a) => return Err(refused(&a)),
             // A socket left by a supervisor that died: not a live session.
-            Err(ControlError::Io { what: "connect", .. }) if session.is_none() => {}
+            Err(ControlError::Io {
+                what: "connect", ..
+            }) if session.is_none() => {}
             Err(e) => return Err(e),
         }
     }
@@ -260,7 +334,10 @@ pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError
     } else if all.is_empty() {
         println!("no pending holds");
     } else {
-        println!("{:<9} {:<16} {:>7} {:<9} {:<20} TARGET", "ID", "SESSION", "PID", "KIND", "SINCE");
+        println!(
+            "{:<9} {:<16} {:>7} {:<9} {:<20} TARGET",
+            "ID", "SESSION", "PID", "KIND", "SINCE"
+        );
         for h in &all {
             let s = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
             println!(
@@ -280,7 +357,12 @@ pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError
 }
 
 /// `sandbox approve` / `sandbox deny`: decides a hold in whichever session has it.
-pub fn cmd_decide(id: &str, verdict: Verdict, scope: Scope, for_: Option<Duration>) -> Result<u8, ControlError> {
+pub fn cmd_decide(
+    id: &str,
+    verdict: Verdict,
+    scope: Scope,
+    for_: Option<Duration>,
+) -> Result<u8, ControlError> {
     let req = Request::Decide {
         id: id.to_string(),
         verdict,
@@ -291,7 +373,11 @@ pub fn cmd_decide(id: &str, verdict: Verdict, scope: Scope, for_: Option<Duratio
         match call(&sock, &req) {
             Ok(a) if a.ok => {
                 let n = a.decided.map(|d| d.len()).unwrap_or(1);
-                let what = if verdict == Verdict::Allow { "approved" } else { "denied" };
+                let what = if verdict == Verdict::Allow {
+                    "approved"
+                } else {
+                    "denied"
+                };
                 if n > 1 {
                     println!("{what} {id} (and {} more pending holds it covers)", n - 1);
                 } else {
@@ -301,7 +387,9 @@ pub fn cmd_decide(id: &str, verdict: Verdict, scope: Scope, for_: Option<Duratio
             }
             Ok(a) if a.unknown == Some(true) => {}
             Ok(a) => return Err(refused(&a)),
-            Err(ControlError::Io { what: "connect", .. }) => {}
+            Err(ControlError::Io {
+                what: "connect", ..
+            }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -315,16 +403,24 @@ pub fn cmd_sessions(json: bool) -> Result<u8, ControlError> {
         match call(&sock, &Request::Info) {
             Ok(a) if a.ok => v.extend(a.info),
             Ok(a) => return Err(refused(&a)),
-            Err(ControlError::Io { what: "connect", .. }) => {}
+            Err(ControlError::Io {
+                what: "connect", ..
+            }) => {}
             Err(e) => return Err(e),
         }
     }
     if json {
-        println!("{}", serde_json::to_string(&v).unwrap_or_else(|_| "[]".into()));
+        println!(
+            "{}",
+            serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+        );
     } else if v.is_empty() {
         println!("no live sessions");
     } else {
-        println!("{:<16} {:>7} {:<10} {:<8} {:>7} {:<20} COMMAND", "SESSION", "PID", "USER", "BACKEND", "HELD", "STARTED");
+        println!(
+            "{:<16} {:>7} {:<10} {:<8} {:>7} {:<20} COMMAND",
+            "SESSION", "PID", "USER", "BACKEND", "HELD", "STARTED"
+        );
         for s in &v {
             println!(
                 "{:<16} {:>7} {:<10} {:<8} {:>7} {:<20} {}",

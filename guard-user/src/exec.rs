@@ -97,6 +97,10 @@ impl ExecObserver {
             .load(EBPF_OBJECT)
             .map_err(ExecError::Load)?;
 
+        let program_err = |source| ExecError::Program {
+            name: EXEC_PROGRAM,
+            source,
+        };
         let program: &mut BtfTracePoint = ebpf
             .program_mut(EXEC_PROGRAM)
             .ok_or(ExecError::Missing {
@@ -104,40 +108,16 @@ impl ExecObserver {
                 name: EXEC_PROGRAM,
             })?
             .try_into()
-            .map_err(|source| ExecError::Program {
-                name: EXEC_PROGRAM,
-                source,
-            })?;
-        program
-            .load(EXEC_PROGRAM, &btf)
-            .map_err(|source| ExecError::Program {
-                name: EXEC_PROGRAM,
-                source,
-            })?;
-        program.attach().map_err(|source| ExecError::Program {
-            name: EXEC_PROGRAM,
-            source,
-        })?;
+            .map_err(program_err)?;
+        program.load(EXEC_PROGRAM, &btf).map_err(program_err)?;
+        program.attach().map_err(program_err)?;
 
-        let sessions =
-            HashMap::try_from(take_map(&mut ebpf, SESSION_CGROUPS)?).map_err(|source| {
-                ExecError::Map {
-                    name: SESSION_CGROUPS,
-                    source,
-                }
-            })?;
-        let events = RingBuf::try_from(take_map(&mut ebpf, EXEC_EVENTS)?).map_err(|source| {
-            ExecError::Map {
-                name: EXEC_EVENTS,
-                source,
-            }
-        })?;
-        let lost = PerCpuArray::try_from(take_map(&mut ebpf, EXEC_LOST)?).map_err(|source| {
-            ExecError::Map {
-                name: EXEC_LOST,
-                source,
-            }
-        })?;
+        let sessions = HashMap::try_from(take_map(&mut ebpf, SESSION_CGROUPS)?)
+            .map_err(map_err(SESSION_CGROUPS))?;
+        let events =
+            RingBuf::try_from(take_map(&mut ebpf, EXEC_EVENTS)?).map_err(map_err(EXEC_EVENTS))?;
+        let lost =
+            PerCpuArray::try_from(take_map(&mut ebpf, EXEC_LOST)?).map_err(map_err(EXEC_LOST))?;
 
         Ok(Self {
             sessions,
@@ -154,10 +134,7 @@ impl ExecObserver {
         let flags: SessionFlags = 0;
         self.sessions
             .insert(cgroup_id, flags, 0)
-            .map_err(|source| ExecError::Map {
-                name: SESSION_CGROUPS,
-                source,
-            })
+            .map_err(map_err(SESSION_CGROUPS))
     }
 
     /// Stops reporting execs in this cgroup. Unwatching a cgroup that is not watched is not an
@@ -168,10 +145,7 @@ impl ExecObserver {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(())
             }
-            Err(source) => Err(ExecError::Map {
-                name: SESSION_CGROUPS,
-                source,
-            }),
+            Err(source) => Err(map_err(SESSION_CGROUPS)(source)),
         }
     }
 
@@ -193,14 +167,17 @@ impl ExecObserver {
 
     /// Number of exec events the kernel side dropped because the ring buffer was full.
     pub fn lost_events(&self) -> Result<u64, ExecError> {
-        let per_cpu = self.lost.get(&0, 0).map_err(|source| ExecError::Map {
-            name: EXEC_LOST,
-            source,
-        })?;
+        let per_cpu = self.lost.get(&0, 0).map_err(map_err(EXEC_LOST))?;
         Ok(per_cpu.iter().sum())
     }
 }
 
+/// Wraps a map error with the map's name.
+fn map_err(name: &'static str) -> impl Fn(MapError) -> ExecError {
+    move |source| ExecError::Map { name, source }
+}
+
+/// Takes a map out of the object, so that the observer can own it next to the object.
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ExecError> {
     ebpf.take_map(name)
         .ok_or(ExecError::Missing { kind: "map", name })
@@ -281,11 +258,6 @@ pub fn cgroup_id_of(path: &Path) -> std::io::Result<u64> {
 }
 
 #[cfg(test)]
-#[expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a failing test should fail loudly"
-)]
 mod tests {
     use super::*;
 

@@ -115,7 +115,13 @@ struct Standing {
 }
 
 impl Standing {
-    fn covers(&self, proc_key: Option<ProcKey>, root: Option<usize>, path: Option<&Path>, now: Instant) -> bool {
+    fn covers(
+        &self,
+        proc_key: Option<ProcKey>,
+        root: Option<usize>,
+        path: Option<&Path>,
+        now: Instant,
+    ) -> bool {
         if self.expires.is_some_and(|e| now >= e) {
             return false;
         }
@@ -176,12 +182,17 @@ pub enum Admission<T> {
     /// A standing decision applies; the operation comes back to be carried out now.
     Decided(Prior, T),
     /// The operation now waits under this id.
-    Held(HoldInfo),
+    Held(Box<HoldInfo>),
 }
 
 impl<T> Default for Holds<T> {
     fn default() -> Self {
-        Holds { inner: Mutex::new(Inner { pending: BTreeMap::new(), standing: Vec::new() }) }
+        Holds {
+            inner: Mutex::new(Inner {
+                pending: BTreeMap::new(),
+                standing: Vec::new(),
+            }),
+        }
     }
 }
 
@@ -201,10 +212,16 @@ impl<T> Holds<T> {
             .rev()
             .find(|s| s.covers(info.proc_key, info.root, info.path.as_deref(), now))
         {
-            return Admission::Decided(Prior { verdict: s.verdict, from_hold: s.from_hold.clone() }, op);
+            return Admission::Decided(
+                Prior {
+                    verdict: s.verdict,
+                    from_hold: s.from_hold.clone(),
+                },
+                op,
+            );
         }
         g.pending.insert(info.id.clone(), (info.clone(), op));
-        Admission::Held(info)
+        Admission::Held(Box::new(info))
     }
 
     /// Snapshot of the pending holds, oldest first.
@@ -226,7 +243,10 @@ impl<T> Holds<T> {
     ) -> Result<Vec<Decided<T>>, DecideError> {
         let now = Instant::now();
         let mut g = self.lock();
-        let (info, op) = g.pending.remove(id).ok_or_else(|| DecideError::Unknown(id.to_string()))?;
+        let (info, op) = g
+            .pending
+            .remove(id)
+            .ok_or_else(|| DecideError::Unknown(id.to_string()))?;
         let mut out = Vec::new();
         if scope != Scope::Once {
             let s = Standing {
@@ -283,8 +303,16 @@ impl<T> Holds<T> {
 }
 
 fn decided<T>(info: HoldInfo, op: T, verdict: Verdict, now: Instant) -> Decided<T> {
-    let waited = info.started.map(|s| now.duration_since(s)).unwrap_or_default();
-    Decided { info, op, verdict, waited }
+    let waited = info
+        .started
+        .map(|s| now.duration_since(s))
+        .unwrap_or_default();
+    Decided {
+        info,
+        op,
+        verdict,
+        waited,
+    }
 }
 
 /// A fresh hold id: 8 hex digits from the kernel's random source.
@@ -294,7 +322,9 @@ pub fn new_id() -> String {
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != b.len() as isize {
         // getrandom cannot fail for 4 bytes once the pool is ready; fall back to the clock.
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         b = (t.subsec_nanos() ^ std::process::id()).to_ne_bytes();
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -303,15 +333,23 @@ pub fn new_id() -> String {
 /// Parses a duration such as `500ms`, `30s`, `10m`, `2h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 30s, 10m, 1h)"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 30s, 10m, 1h)"))?;
     let secs = match unit {
         "ms" => v / 1000.0,
         "" | "s" => v,
         "m" => v * 60.0,
         "h" => v * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ))
+        }
     };
     if !secs.is_finite() || secs <= 0.0 || secs > 7.0 * 86400.0 {
         return Err(format!("duration {s:?} out of range (0 < d <= 7 days)"));
@@ -345,12 +383,25 @@ mod tests {
     #[test]
     fn process_scope_covers_the_same_process_and_root_only() {
         let h: Holds<u32> = Holds::default();
-        assert!(matches!(h.hold_or_apply(info("a", 1, 0, "/p/x"), 1), Admission::Held(_)));
-        let d = h.decide("a", Verdict::Allow, Scope::Process, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            h.hold_or_apply(info("a", 1, 0, "/p/x"), 1),
+            Admission::Held(_)
+        ));
+        let d = h
+            .decide("a", Verdict::Allow, Scope::Process, None)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(d.len(), 1);
-        assert!(matches!(h.hold_or_apply(info("b", 1, 0, "/p/y"), 2), Admission::Decided(p, 2) if p.verdict == Verdict::Allow));
-        assert!(matches!(h.hold_or_apply(info("c", 2, 0, "/p/y"), 3), Admission::Held(_)));
-        assert!(matches!(h.hold_or_apply(info("d", 1, 1, "/q/y"), 4), Admission::Held(_)));
+        assert!(
+            matches!(h.hold_or_apply(info("b", 1, 0, "/p/y"), 2), Admission::Decided(p, 2) if p.verdict == Verdict::Allow)
+        );
+        assert!(matches!(
+            h.hold_or_apply(info("c", 2, 0, "/p/y"), 3),
+            Admission::Held(_)
+        ));
+        assert!(matches!(
+            h.hold_or_apply(info("d", 1, 1, "/q/y"), 4),
+            Admission::Held(_)
+        ));
     }
 
     #[test]
@@ -358,7 +409,10 @@ mod tests {
         let h: Holds<u32> = Holds::default();
         let _ = h.hold_or_apply(info("a", 1, 0, "/p/x"), 1);
         let _ = h.decide("a", Verdict::Deny, Scope::Once, None);
-        assert!(matches!(h.hold_or_apply(info("b", 1, 0, "/p/y"), 2), Admission::Held(_)));
+        assert!(matches!(
+            h.hold_or_apply(info("b", 1, 0, "/p/y"), 2),
+            Admission::Held(_)
+        ));
     }
 
     #[test]
@@ -367,7 +421,9 @@ mod tests {
         let _ = h.hold_or_apply(info("a", 1, 0, "/p/x"), 1);
         let _ = h.hold_or_apply(info("b", 1, 0, "/p/y"), 2);
         let _ = h.hold_or_apply(info("c", 3, 0, "/p/z"), 3);
-        let d = h.decide("a", Verdict::Deny, Scope::Process, None).unwrap_or_else(|e| panic!("{e}"));
+        let d = h
+            .decide("a", Verdict::Deny, Scope::Process, None)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(d.iter().map(|d| d.op).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(h.list().len(), 1);
     }
@@ -377,23 +433,40 @@ mod tests {
         let h: Holds<u32> = Holds::default();
         let _ = h.hold_or_apply(info("a", 1, 0, "/p/dir"), 1);
         let _ = h.decide("a", Verdict::Allow, Scope::Path, None);
-        assert!(matches!(h.hold_or_apply(info("b", 9, 0, "/p/dir/f"), 2), Admission::Decided(..)));
-        assert!(matches!(h.hold_or_apply(info("c", 9, 0, "/p/other"), 3), Admission::Held(_)));
+        assert!(matches!(
+            h.hold_or_apply(info("b", 9, 0, "/p/dir/f"), 2),
+            Admission::Decided(..)
+        ));
+        assert!(matches!(
+            h.hold_or_apply(info("c", 9, 0, "/p/other"), 3),
+            Admission::Held(_)
+        ));
     }
 
     #[test]
     fn durations_expire() {
         let h: Holds<u32> = Holds::default();
         let _ = h.hold_or_apply(info("a", 1, 0, "/p/x"), 1);
-        let _ = h.decide("a", Verdict::Allow, Scope::Session, Some(Duration::from_millis(1)));
+        let _ = h.decide(
+            "a",
+            Verdict::Allow,
+            Scope::Session,
+            Some(Duration::from_millis(1)),
+        );
         std::thread::sleep(Duration::from_millis(5));
-        assert!(matches!(h.hold_or_apply(info("b", 1, 0, "/p/y"), 2), Admission::Held(_)));
+        assert!(matches!(
+            h.hold_or_apply(info("b", 1, 0, "/p/y"), 2),
+            Admission::Held(_)
+        ));
     }
 
     #[test]
     fn unknown_ids_and_timeouts() {
         let h: Holds<u32> = Holds::default();
-        assert_eq!(h.decide("zz", Verdict::Allow, Scope::Once, None).err(), Some(DecideError::Unknown("zz".into())));
+        assert_eq!(
+            h.decide("zz", Verdict::Allow, Scope::Once, None).err(),
+            Some(DecideError::Unknown("zz".into()))
+        );
         let _ = h.hold_or_apply(info("a", 1, 0, "/p/x"), 1);
         assert!(h.expired(Duration::from_secs(60)).is_empty());
         let e = h.expired(Duration::ZERO);

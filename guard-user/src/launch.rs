@@ -94,7 +94,10 @@ pub enum RunError {
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
     let what = what.into();
-    move |e| RunError::Sys { what, source: e.into() }
+    move |e| RunError::Sys {
+        what,
+        source: e.into(),
+    }
 }
 
 fn sys_io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -118,12 +121,15 @@ pub struct Identity {
 }
 
 fn lookup_user(spec: &str) -> Result<nix::unistd::User, RunError> {
-    let by_name = nix::unistd::User::from_name(spec).map_err(sys(format!("look up user {spec}")))?;
+    let by_name =
+        nix::unistd::User::from_name(spec).map_err(sys(format!("look up user {spec}")))?;
     if let Some(u) = by_name {
         return Ok(u);
     }
     if let Ok(uid) = spec.parse::<u32>() {
-        if let Some(u) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).map_err(sys("look up uid"))? {
+        if let Some(u) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .map_err(sys("look up uid"))?
+        {
             return Ok(u);
         }
     }
@@ -147,11 +153,18 @@ pub fn identity(user: Option<&str>) -> Result<Identity, RunError> {
         (None, Ok(g)) => g.parse().unwrap_or(u.gid.as_raw()),
         _ => u.gid.as_raw(),
     };
-    let cname = CString::new(u.name.as_bytes()).map_err(|_| RunError::Usage("bad user name".into()))?;
+    let cname =
+        CString::new(u.name.as_bytes()).map_err(|_| RunError::Usage("bad user name".into()))?;
     let groups = nix::unistd::getgrouplist(&cname, nix::unistd::Gid::from_raw(gid))
         .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
         .unwrap_or_else(|_| vec![gid]);
-    Ok(Identity { name: u.name, uid: u.uid.as_raw(), gid, groups, home: u.dir })
+    Ok(Identity {
+        name: u.name,
+        uid: u.uid.as_raw(),
+        gid,
+        groups,
+        home: u.dir,
+    })
 }
 
 /// Checks a session name, or makes one from the command.
@@ -160,7 +173,8 @@ pub fn session_name(given: Option<&str>, cmd: &[OsString]) -> Result<String, Run
         let ok = !n.is_empty()
             && n.len() <= 64
             && !n.starts_with('.')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !ok {
             return Err(RunError::Usage(format!(
                 "--session {n:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
@@ -170,20 +184,34 @@ pub fn session_name(given: Option<&str>, cmd: &[OsString]) -> Result<String, Run
     }
     let base: String = cmd
         .first()
-        .map(|c| Path::new(c).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|c| {
+            Path::new(c)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .unwrap_or_default()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .take(24)
         .collect();
-    let base = if base.is_empty() { "session".to_string() } else { base };
+    let base = if base.is_empty() {
+        "session".to_string()
+    } else {
+        base
+    };
     Ok(format!("{base}-{}", &crate::hold::new_id()[..6]))
 }
 
 fn ensure_private_dir(p: &Path) -> Result<(), RunError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(p).map_err(sys_io(format!("create {}", p.display())))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(sys_io(format!("chmod {}", p.display())))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .map_err(sys_io(format!("create {}", p.display())))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+        .map_err(sys_io(format!("chmod {}", p.display())))
 }
 
 /// Binds the session's control socket (refusing a live session of the same name).
@@ -191,11 +219,16 @@ fn bind_control(dir: &Path, session: &str) -> Result<(UnixListener, PathBuf), Ru
     ensure_private_dir(dir)?;
     let path = control::socket_path(dir, session);
     if path.as_os_str().len() >= 108 {
-        return Err(RunError::Usage(format!("control socket path too long: {}", path.display())));
+        return Err(RunError::Usage(format!(
+            "control socket path too long: {}",
+            path.display()
+        )));
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-            return Err(RunError::Usage(format!("a session named {session} is already running")));
+            return Err(RunError::Usage(format!(
+                "a session named {session} is already running"
+            )));
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -225,7 +258,10 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let cmd: Vec<CString> = args
         .cmd
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| RunError::Usage("an argument contains a NUL byte".into())))
+        .map(|a| {
+            CString::new(a.as_bytes())
+                .map_err(|_| RunError::Usage("an argument contains a NUL byte".into()))
+        })
         .collect::<Result<_, _>>()?;
 
     let state = control::state_dir();
@@ -240,9 +276,17 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     observer.watch_cgroup(cg.id()?)?;
 
     let bpf = files::seccomp::build()?;
-    let grants = if prot.is_empty() { Vec::new() } else { files::landlock::grants(&prot) };
+    let grants = if prot.is_empty() {
+        Vec::new()
+    } else {
+        files::landlock::grants(&prot)
+    };
     let started = crate::audit::rfc3339_micros(std::time::SystemTime::now());
-    let cmd_str: Vec<String> = args.cmd.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    let cmd_str: Vec<String> = args
+        .cmd
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
     let report = Arc::new(Reporter::new(audit.clone(), args.quiet));
     report.record(
         "session_start",
@@ -268,7 +312,12 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     .map_err(sys("socketpair"))?;
 
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| !matches!(k.to_str(), Some("HOME" | "USER" | "LOGNAME" | "SANDBOX_SESSION")))
+        .filter(|(k, _)| {
+            !matches!(
+                k.to_str(),
+                Some("HOME" | "USER" | "LOGNAME" | "SANDBOX_SESSION")
+            )
+        })
         .collect();
     env.push(("HOME".into(), ident.home.clone().into_os_string()));
     env.push(("USER".into(), ident.name.clone().into()));
@@ -292,10 +341,21 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     // SAFETY: the supervisor is single-threaded until after this call; with a null stack the
     // raw clone behaves like fork(2).
     let r = unsafe {
-        libc::syscall(libc::SYS_clone, (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
     };
     let init = match r {
-        r if r < 0 => return Err(sys_io("clone(CLONE_NEWPID)")(std::io::Error::last_os_error())),
+        r if r < 0 => {
+            return Err(sys_io("clone(CLONE_NEWPID)")(
+                std::io::Error::last_os_error(),
+            ))
+        }
         0 => {
             drop(sup_end);
             init_main(&cg, plan)
@@ -310,7 +370,10 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         Err(e) => {
             let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(init, None);
-            report.record("session_end", json!({"error": format!("set-up failed: {e}")}));
+            report.record(
+                "session_end",
+                json!({"error": format!("set-up failed: {e}")}),
+            );
             return Err(RunError::Child);
         }
     };
@@ -325,12 +388,20 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let notify_thread = {
         let sup = sup.clone();
-        std::thread::Builder::new().name("notify".into()).spawn(move || sup.run()).map_err(sys_io("spawn"))?
+        std::thread::Builder::new()
+            .name("notify".into())
+            .spawn(move || sup.run())
+            .map_err(sys_io("spawn"))?
     };
     {
         let sup = sup.clone();
-        let (session, ident, started, cmd_str, log) =
-            (session.clone(), ident.clone(), started.clone(), cmd_str.clone(), log_dir.join(format!("{session}.jsonl")));
+        let (session, ident, started, cmd_str, log) = (
+            session.clone(),
+            ident.clone(),
+            started.clone(),
+            cmd_str.clone(),
+            log_dir.join(format!("{session}.jsonl")),
+        );
         let roots = prot.roots().to_vec();
         let supref = sup.clone();
         std::thread::Builder::new()
@@ -373,7 +444,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                 };
                 loop {
                     let done = stop.load(Ordering::Relaxed);
-                    let mut pfd = libc::pollfd { fd: observer.ring_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    let mut pfd = libc::pollfd {
+                        fd: observer.ring_fd().as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
                     // SAFETY: one valid pollfd.
                     unsafe { libc::poll(&mut pfd, 1, 100) };
                     observer.drain(&mut emit);
@@ -435,7 +510,13 @@ impl Drop for CgroupGuard<'_> {
 fn forwarded_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGCHLD] {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGCHLD,
+    ] {
         s.add(sig);
     }
     s
@@ -462,7 +543,10 @@ fn wait_init(init: Pid, sigs: &nix::sys::signal::SigSet) -> WaitStatus {
             Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return WaitStatus::Exited(init, 125),
         }
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
         // SAFETY: sigtimedwait with a valid set and timeout.
         let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &ts) };
         if sig > 0 && sig != libc::SIGCHLD {
@@ -473,7 +557,11 @@ fn wait_init(init: Pid, sigs: &nix::sys::signal::SigSet) -> WaitStatus {
 }
 
 fn recv_fd(sock: RawFd, timeout: Duration) -> Result<OwnedFd, String> {
-    let mut pfd = libc::pollfd { fd: sock, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: sock,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
     if r <= 0 {
@@ -514,11 +602,19 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan) -> ! {
     if let Err(e) = cg.add(0) {
         child_fail("join the session cgroup", e);
     }
-    let flags = nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_NEWIPC | nix::sched::CloneFlags::CLONE_NEWUTS;
+    let flags = nix::sched::CloneFlags::CLONE_NEWNS
+        | nix::sched::CloneFlags::CLONE_NEWIPC
+        | nix::sched::CloneFlags::CLONE_NEWUTS;
     if let Err(e) = nix::sched::unshare(flags) {
         child_fail("unshare(mount, ipc, uts)", e);
     }
-    if let Err(e) = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>) {
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
         child_fail("make / private", e);
     }
     let nsx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -527,29 +623,57 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan) -> ! {
     }
     for dir in &plan.hide {
         if dir.is_dir() {
-            if let Err(e) = mount(Some("tmpfs"), dir, Some("tmpfs"), nsx | MsFlags::MS_RDONLY, Some("size=4k,mode=0700")) {
+            if let Err(e) = mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                nsx | MsFlags::MS_RDONLY,
+                Some("size=4k,mode=0700"),
+            ) {
                 child_fail(&format!("hide {}", dir.display()), e);
             }
         }
     }
+    // The init keeps a copy of the seccomp listener: if the supervisor is killed, held calls stay
+    // held (instead of failing with ENOSYS and letting the command go on) until the init, which
+    // dies with the supervisor, takes the whole session down.
+    let (keep_end, cmd_end) = match socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    ) {
+        Ok(p) => p,
+        Err(e) => child_fail("socketpair", e),
+    };
     // SAFETY: init is single-threaded.
     let cmd_pid = match unsafe { nix::unistd::fork() } {
         Err(e) => child_fail("fork", e),
-        Ok(ForkResult::Child) => command_main(plan),
+        Ok(ForkResult::Child) => {
+            drop(keep_end);
+            command_main(plan, cmd_end)
+        }
         Ok(ForkResult::Parent { child }) => child,
     };
     drop(plan);
-    init_loop(cmd_pid)
+    drop(cmd_end);
+    let kept = recv_fd(keep_end.as_raw_fd(), Duration::from_secs(60)).ok();
+    drop(keep_end);
+    init_loop(cmd_pid, kept)
 }
 
 extern "C" fn noop(_: libc::c_int) {}
 
 /// Reaps everything; forwards signals to the command; exits with the command's status.
-fn init_loop(cmd: Pid) -> ! {
+fn init_loop(cmd: Pid, _listener_copy: Option<OwnedFd>) -> ! {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     let sigs = forwarded_signals();
     // pid 1 drops signals whose action is SIG_DFL: install a handler so they queue.
-    let sa = SigAction::new(SigHandler::Handler(noop), SaFlags::SA_RESTART, SigSet::empty());
+    let sa = SigAction::new(
+        SigHandler::Handler(noop),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for s in sigs.iter() {
         // SAFETY: installing a no-op handler.
         let _ = unsafe { sigaction(s, &sa) };
@@ -558,12 +682,17 @@ fn init_loop(cmd: Pid) -> ! {
         loop {
             match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(p, c)) if p == cmd => unsafe { libc::_exit(c) },
-                Ok(WaitStatus::Signaled(p, s, _)) if p == cmd => unsafe { libc::_exit(128 + s as i32) },
+                Ok(WaitStatus::Signaled(p, s, _)) if p == cmd => unsafe {
+                    libc::_exit(128 + s as i32)
+                },
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
             }
         }
-        let ts = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+        let ts = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
         // SAFETY: valid set and timeout.
         let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &ts) };
         if sig > 0 && sig != libc::SIGCHLD {
@@ -573,7 +702,7 @@ fn init_loop(cmd: Pid) -> ! {
 }
 
 /// The command process: drops everything and execs.
-fn command_main(plan: ChildPlan) -> ! {
+fn command_main(plan: ChildPlan, init_chan: OwnedFd) -> ! {
     // SAFETY: plain prctl / sigprocmask calls in a single-threaded child.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"sandbox-cmd".as_ptr());
@@ -606,7 +735,13 @@ fn command_main(plan: ChildPlan) -> ! {
         if libc::setresuid(id.uid, id.uid, id.uid) != 0 {
             child_fail("setresuid", std::io::Error::last_os_error());
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
         let mut hdr = [0x2008_0522u32, 0];
         let data = [0u32; 6];
         if libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) != 0 {
@@ -627,9 +762,14 @@ fn command_main(plan: ChildPlan) -> ! {
     };
     let fds = [listener.as_raw_fd()];
     let cm = [ControlMessage::ScmRights(&fds)];
-    if let Err(e) = socket::sendmsg::<()>(plan.chan.as_raw_fd(), &[IoSlice::new(b"l")], &cm, MsgFlags::empty(), None) {
-        child_fail("hand over the seccomp listener", e);
+    for chan in [init_chan.as_raw_fd(), plan.chan.as_raw_fd()] {
+        if let Err(e) =
+            socket::sendmsg::<()>(chan, &[IoSlice::new(b"l")], &cm, MsgFlags::empty(), None)
+        {
+            child_fail("hand over the seccomp listener", e);
+        }
     }
+    drop(init_chan);
     // The listener must never stay in the sandbox: a process holding it could answer its own holds.
     drop(listener);
     let mut go = [0u8; 1];

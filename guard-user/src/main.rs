@@ -75,7 +75,8 @@ enum Cmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SANDBOX_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SANDBOX_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -84,7 +85,8 @@ fn main() -> ExitCode {
         Err(e) => {
             use clap::error::ErrorKind;
             let is_run = std::env::args().nth(1).as_deref() == Some("run");
-            let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            let informational =
+                matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
             let _ = e.print();
             return if informational {
                 ExitCode::SUCCESS
@@ -97,7 +99,9 @@ fn main() -> ExitCode {
     };
     let res: Result<u8, (u8, anyhow::Error)> = match cli.cmd {
         Cmd::Run(a) => launch::run(a).map_err(|e| (EXIT_SETUP, e.into())),
-        Cmd::Pending { session, json } => control::cmd_pending(session.as_deref(), json).map_err(|e| (1, e.into())),
+        Cmd::Pending { session, json } => {
+            control::cmd_pending(session.as_deref(), json).map_err(|e| (1, e.into()))
+        }
         Cmd::Approve { id, scope, for_ } => {
             control::cmd_decide(&id, hold::Verdict::Allow, scope, for_).map_err(|e| (1, e.into()))
         }

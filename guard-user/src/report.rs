@@ -77,7 +77,11 @@ impl Reporter {
             let _ = writeln!(
                 std::io::stderr().lock(),
                 "\r\nsandbox: {} {} ({}) after {:.1}s\r",
-                if v == Verdict::Allow { "APPROVED" } else { "DENIED" },
+                if v == Verdict::Allow {
+                    "APPROVED"
+                } else {
+                    "DENIED"
+                },
                 h.id,
                 by,
                 waited.as_secs_f64()

@@ -47,7 +47,12 @@ pub fn grants(prot: &Protection) -> Vec<(PathBuf, Grant)> {
             }
             let grant = if ft.is_dir() {
                 Grant::Tree
-            } else if ft.is_file() || ft.is_fifo() || ft.is_socket() || ft.is_char_device() || ft.is_block_device() {
+            } else if ft.is_file()
+                || ft.is_fifo()
+                || ft.is_socket()
+                || ft.is_char_device()
+                || ft.is_block_device()
+            {
                 Grant::File
             } else {
                 continue;

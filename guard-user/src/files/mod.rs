@@ -205,8 +205,14 @@ mod tests {
     fn paths_below_a_root_are_protected() {
         let p = prot(&["/home/u/prod"]);
         assert_eq!(p.classify(Path::new("/home/u/prod")), Class::Protected(0));
-        assert_eq!(p.classify(Path::new("/home/u/prod/a/b")), Class::Protected(0));
-        assert_eq!(p.classify(Path::new("/home/u/production")), Class::InAncestorDir);
+        assert_eq!(
+            p.classify(Path::new("/home/u/prod/a/b")),
+            Class::Protected(0)
+        );
+        assert_eq!(
+            p.classify(Path::new("/home/u/production")),
+            Class::InAncestorDir
+        );
     }
 
     #[test]
@@ -214,7 +220,10 @@ mod tests {
         let p = prot(&["/home/u/prod"]);
         assert_eq!(p.classify(Path::new("/home/u")), Class::AncestorOfRoot(0));
         assert_eq!(p.classify(Path::new("/home")), Class::AncestorOfRoot(0));
-        assert_eq!(p.classify(Path::new("/home/u/notes.txt")), Class::InAncestorDir);
+        assert_eq!(
+            p.classify(Path::new("/home/u/notes.txt")),
+            Class::InAncestorDir
+        );
         assert_eq!(p.classify(Path::new("/tmp")), Class::InAncestorDir);
         assert_eq!(p.classify(Path::new("/tmp/x")), Class::Free);
         assert_eq!(p.classify(Path::new("/home/v/x")), Class::Free);
@@ -229,7 +238,10 @@ mod tests {
         let p = Protection::new(&[inner.clone(), outer.clone()]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.roots().len(), 1);
         assert!(p.roots()[0].ends_with("a"));
-        assert!(matches!(p.classify(&p.roots()[0].join("b/c")), Class::Protected(0)));
+        assert!(matches!(
+            p.classify(&p.roots()[0].join("b/c")),
+            Class::Protected(0)
+        ));
     }
 
     #[test]
@@ -246,7 +258,7 @@ mod tests {
         std::fs::write(root.join("f"), b"x").unwrap_or_else(|e| panic!("{e}"));
         std::fs::hard_link(root.join("f"), dir.path().join("l")).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(root.join("g"), b"y").unwrap_or_else(|e| panic!("{e}"));
-        let p = Protection::new(&[root.clone()]).unwrap_or_else(|e| panic!("{e}"));
+        let p = Protection::new(std::slice::from_ref(&root)).unwrap_or_else(|e| panic!("{e}"));
         let md = std::fs::metadata(dir.path().join("l")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.linked_root(md.dev(), md.ino()), Some(0));
         let md = std::fs::metadata(root.join("g")).unwrap_or_else(|e| panic!("{e}"));

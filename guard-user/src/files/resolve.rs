@@ -27,8 +27,14 @@ pub fn read_cstr(pid: u32, addr: u64) -> io::Result<OsString> {
         let page_left = 4096 - (cur as usize & 4095);
         let want = page_left.min(PATH_MAX - out.len());
         let mut buf = [0u8; 4096];
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: want };
-        let remote = libc::iovec { iov_base: cur as *mut libc::c_void, iov_len: want };
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: want,
+        };
+        let remote = libc::iovec {
+            iov_base: cur as *mut libc::c_void,
+            iov_len: want,
+        };
         // SAFETY: both iovecs describe valid memory of `want` bytes on their side.
         let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
         if n <= 0 {
@@ -91,7 +97,14 @@ pub fn dirfd_path(pid: u32, dirfd: i32) -> io::Result<PathBuf> {
 pub fn open_at(dir: Option<RawFd>, path: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = cstring(path)?;
     // SAFETY: c is a valid C string; dir is a valid fd or AT_FDCWD.
-    let fd = unsafe { libc::openat(dir.unwrap_or(libc::AT_FDCWD), c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    let fd = unsafe {
+        libc::openat(
+            dir.unwrap_or(libc::AT_FDCWD),
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -115,9 +128,18 @@ pub fn split(path: &[u8]) -> Split<'_> {
     }
     let trimmed = &path[..end];
     match trimmed.iter().rposition(|&b| b == b'/') {
-        Some(0) => Split { dir: b"/", name: &trimmed[1..] },
-        Some(i) => Split { dir: &trimmed[..i], name: &trimmed[i + 1..] },
-        None => Split { dir: b"", name: trimmed },
+        Some(0) => Split {
+            dir: b"/",
+            name: &trimmed[1..],
+        },
+        Some(i) => Split {
+            dir: &trimmed[..i],
+            name: &trimmed[i + 1..],
+        },
+        None => Split {
+            dir: b"",
+            name: trimmed,
+        },
     }
 }
 
@@ -175,7 +197,12 @@ pub fn open_in_process(pid: u32, dirfd: i32, path: &[u8], follow: bool) -> io::R
     }
     if path.first() == Some(&b'/') {
         let p = rewrite_proc_self(pid, path)?;
-        let root = open_at(None, format!("/proc/{pid}/root").as_bytes(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let root = open_at(
+            None,
+            format!("/proc/{pid}/root").as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
         let rel: &[u8] = {
             let mut r = &p[..];
             while r.first() == Some(&b'/') {
@@ -234,14 +261,22 @@ pub fn target_entry(pid: u32, dirfd: i32, path: &[u8]) -> io::Result<Target> {
     let dir = open_in_process(pid, dirfd, sp.dir, true)?;
     let dpath = fd_path(dir.as_raw_fd())?;
     Ok(Target {
-        dir: PinnedDir { fd: dir, path: dpath },
+        dir: PinnedDir {
+            fd: dir,
+            path: dpath,
+        },
         name: OsStr::from_bytes(sp.name).to_os_string(),
     })
 }
 
 /// Resolves a path the way open(2) or truncate(2) does (following a final symlink unless
 /// `follow` is false) to an O_PATH handle of the object and its canonical path.
-pub fn target_object(pid: u32, dirfd: i32, path: &[u8], follow: bool) -> io::Result<(OwnedFd, PathBuf)> {
+pub fn target_object(
+    pid: u32,
+    dirfd: i32,
+    path: &[u8],
+    follow: bool,
+) -> io::Result<(OwnedFd, PathBuf)> {
     let fd = open_in_process(pid, dirfd, path, follow)?;
     let p = fd_path(fd.as_raw_fd())?;
     Ok((fd, p))
@@ -282,7 +317,8 @@ mod tests {
     #[test]
     fn reads_strings_from_own_memory() {
         let s = CString::new("/some/path/x").unwrap_or_else(|e| panic!("{e}"));
-        let got = read_cstr(std::process::id(), s.as_ptr() as u64).unwrap_or_else(|e| panic!("{e}"));
+        let got =
+            read_cstr(std::process::id(), s.as_ptr() as u64).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got, OsString::from("/some/path/x"));
     }
 
@@ -292,7 +328,8 @@ mod tests {
         let canon = std::fs::canonicalize(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let d = std::fs::File::open(&canon).unwrap_or_else(|e| panic!("{e}"));
         let p = format!("/proc/self/fd/{}/file", d.as_raw_fd());
-        let t = target_entry(std::process::id(), libc::AT_FDCWD, p.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let t = target_entry(std::process::id(), libc::AT_FDCWD, p.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.path(), canon.join("file"));
     }
 }

@@ -20,8 +20,18 @@ const SET_MODE_FILTER: libc::c_ulong = 1;
 
 /// System calls that always go to the supervisor.
 pub const HELD: &[&str] = &[
-    "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2", "truncate", "ftruncate",
-    "creat", "openat2", "link", "linkat",
+    "unlink",
+    "unlinkat",
+    "rmdir",
+    "rename",
+    "renameat",
+    "renameat2",
+    "truncate",
+    "ftruncate",
+    "creat",
+    "openat2",
+    "link",
+    "linkat",
 ];
 /// System calls that go to the supervisor when their flags argument has O_TRUNC: (name, arg index).
 pub const HELD_IF_TRUNC: &[(&str, u32)] = &[("open", 1), ("openat", 2)];
@@ -35,7 +45,8 @@ fn err(e: impl std::fmt::Display) -> FilesError {
 /// Builds the filter as classic BPF bytes (loaded later with [`load`]).
 pub fn build() -> Result<Vec<u8>, FilesError> {
     let mut f = ScmpFilterContext::new(ScmpAction::Allow).map_err(err)?;
-    f.set_act_badarch(ScmpAction::Errno(libc::EPERM)).map_err(err)?;
+    f.set_act_badarch(ScmpAction::Errno(libc::EPERM))
+        .map_err(err)?;
     for name in HELD {
         let sc = ScmpSyscall::from_name(name).map_err(err)?;
         f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
@@ -47,22 +58,38 @@ pub fn build() -> Result<Vec<u8>, FilesError> {
             ScmpCompareOp::MaskedEqual(libc::O_TRUNC as u64),
             libc::O_TRUNC as u64,
         );
-        f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp]).map_err(err)?;
+        f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp])
+            .map_err(err)?;
     }
     for name in REFUSED {
         let sc = ScmpSyscall::from_name(name).map_err(err)?;
-        f.add_rule(ScmpAction::Errno(libc::EPERM), sc).map_err(err)?;
+        f.add_rule(ScmpAction::Errno(libc::EPERM), sc)
+            .map_err(err)?;
     }
-    let memfd = nix::sys::memfd::memfd_create(c"guard-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .map_err(|e| FilesError::Sys { what: "memfd_create", source: e.into() })?;
+    let memfd =
+        nix::sys::memfd::memfd_create(c"guard-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| FilesError::Sys {
+                what: "memfd_create",
+                source: e.into(),
+            })?;
     f.export_bpf(&memfd).map_err(err)?;
     let mut file = std::fs::File::from(memfd);
     use std::io::{Read, Seek};
-    file.seek(io::SeekFrom::Start(0)).map_err(|e| FilesError::Sys { what: "seek", source: e })?;
+    file.seek(io::SeekFrom::Start(0))
+        .map_err(|e| FilesError::Sys {
+            what: "seek",
+            source: e,
+        })?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(|e| FilesError::Sys { what: "read filter", source: e })?;
+    file.read_to_end(&mut bytes).map_err(|e| FilesError::Sys {
+        what: "read filter",
+        source: e,
+    })?;
     if bytes.is_empty() || bytes.len() % 8 != 0 {
-        return Err(FilesError::Seccomp(format!("exported filter has {} bytes", bytes.len())));
+        return Err(FilesError::Seccomp(format!(
+            "exported filter has {} bytes",
+            bytes.len()
+        )));
     }
     Ok(bytes)
 }
@@ -198,17 +225,32 @@ impl Listener {
 
     /// Lets the call run as the process made it.
     pub fn allow(&self, id: u64) -> io::Result<()> {
-        self.send(&NotifResp { id, val: 0, error: 0, flags: RESP_FLAG_CONTINUE })
+        self.send(&NotifResp {
+            id,
+            val: 0,
+            error: 0,
+            flags: RESP_FLAG_CONTINUE,
+        })
     }
 
     /// Makes the call return `val` (success) without running it.
     pub fn ret(&self, id: u64, val: i64) -> io::Result<()> {
-        self.send(&NotifResp { id, val, error: 0, flags: 0 })
+        self.send(&NotifResp {
+            id,
+            val,
+            error: 0,
+            flags: 0,
+        })
     }
 
     /// Makes the call fail with `errno`.
     pub fn fail(&self, id: u64, errno: i32) -> io::Result<()> {
-        self.send(&NotifResp { id, val: 0, error: -errno, flags: 0 })
+        self.send(&NotifResp {
+            id,
+            val: 0,
+            error: -errno,
+            flags: 0,
+        })
     }
 
     /// Installs `fd` in the process and makes the call return its number.

@@ -86,12 +86,23 @@ impl Creds {
     pub fn of(tid: u32) -> io::Result<Creds> {
         let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
         let field = |key: &str, idx: usize| -> Option<u32> {
-            status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(idx)?.parse().ok()
+            status
+                .lines()
+                .find(|l| l.starts_with(key))?
+                .split_whitespace()
+                .nth(idx)?
+                .parse()
+                .ok()
         };
         let groups = status
             .lines()
             .find(|l| l.starts_with("Groups:"))
-            .map(|l| l.split_whitespace().skip(1).filter_map(|g| g.parse().ok()).collect())
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         match (field("Uid:", 4), field("Gid:", 4)) {
             (Some(uid), Some(gid)) => Ok(Creds { uid, gid, groups }),
@@ -118,12 +129,20 @@ const CAP_V3: u32 = 0x2008_0522;
 /// Runs `f` on this thread with the fs credentials of `c` and no effective capabilities, so the
 /// kernel checks permissions exactly as for the process. Restores the supervisor's identity.
 fn as_process<R>(c: &Creds, f: impl FnOnce() -> R) -> io::Result<R> {
-    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
     let mut saved = [CapData::default(); 2];
     // SAFETY: raw per-thread credential calls with valid buffers. glibc's wrappers would
     // broadcast setgroups to every thread; the raw calls change this thread only.
     unsafe {
-        if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, saved.as_mut_ptr()) != 0 {
+        if libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            saved.as_mut_ptr(),
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
         if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
@@ -140,7 +159,10 @@ fn as_process<R>(c: &Creds, f: impl FnOnce() -> R) -> io::Result<R> {
     let r = f();
     // SAFETY: as above; restores what was saved.
     unsafe {
-        let mut h = CapHeader { version: CAP_V3, pid: 0 };
+        let mut h = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
         libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, saved.as_ptr());
         libc::syscall(libc::SYS_setfsuid, 0u32);
         libc::syscall(libc::SYS_setfsgid, 0u32);
@@ -155,7 +177,9 @@ fn cstr(name: &OsString) -> Result<CString, i32> {
 
 fn neg(r: libc::c_int) -> Result<i64, i32> {
     if r < 0 {
-        Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
     } else {
         Ok(r as i64)
     }
@@ -168,8 +192,13 @@ enum Outcome {
 }
 
 fn reopen(obj: &OwnedFd, flags: i32) -> Result<OwnedFd, i32> {
-    resolve::open_at(None, format!("/proc/self/fd/{}", obj.as_raw_fd()).as_bytes(), flags, 0)
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    resolve::open_at(
+        None,
+        format!("/proc/self/fd/{}", obj.as_raw_fd()).as_bytes(),
+        flags,
+        0,
+    )
+    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Carries out `op` as the process would (its credentials, on the pinned handles).
@@ -179,7 +208,8 @@ fn perform(op: &Op, creds: &Creds) -> Result<Outcome, i32> {
             Op::Unlink { at, flags } => {
                 let n = cstr(&at.name)?;
                 // SAFETY: valid fd and C string.
-                neg(unsafe { libc::unlinkat(at.dir.fd.as_raw_fd(), n.as_ptr(), *flags) }).map(Outcome::Ret)
+                neg(unsafe { libc::unlinkat(at.dir.fd.as_raw_fd(), n.as_ptr(), *flags) })
+                    .map(Outcome::Ret)
             }
             Op::Rename { from, to, flags } => {
                 let (a, b) = (cstr(&from.name)?, cstr(&to.name)?);
@@ -199,8 +229,16 @@ fn perform(op: &Op, creds: &Creds) -> Result<Outcome, i32> {
             Op::Link { from, to } => {
                 let (a, b) = (cstr(&from.name)?, cstr(&to.name)?);
                 // SAFETY: valid fds and C strings.
-                neg(unsafe { libc::linkat(from.dir.fd.as_raw_fd(), a.as_ptr(), to.dir.fd.as_raw_fd(), b.as_ptr(), 0) })
-                    .map(Outcome::Ret)
+                neg(unsafe {
+                    libc::linkat(
+                        from.dir.fd.as_raw_fd(),
+                        a.as_ptr(),
+                        to.dir.fd.as_raw_fd(),
+                        b.as_ptr(),
+                        0,
+                    )
+                })
+                .map(Outcome::Ret)
             }
             Op::Truncate { obj, len } => {
                 let f = reopen(obj, libc::O_WRONLY | libc::O_NONBLOCK)?;
@@ -208,7 +246,10 @@ fn perform(op: &Op, creds: &Creds) -> Result<Outcome, i32> {
                 neg(unsafe { libc::ftruncate(f.as_raw_fd(), *len) }).map(Outcome::Ret)
             }
             Op::Open { obj, flags } => {
-                let f = reopen(obj, flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC))?;
+                let f = reopen(
+                    obj,
+                    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC),
+                )?;
                 Ok(Outcome::Fd(f, flags & libc::O_CLOEXEC != 0))
             }
         }
@@ -234,7 +275,13 @@ pub struct Supervisor {
 enum Action {
     Continue,
     Perform(Op),
-    Hold { op: Op, kind: &'static str, root: usize, path: PathBuf, target: String },
+    Hold {
+        op: Op,
+        kind: &'static str,
+        root: usize,
+        path: PathBuf,
+        target: String,
+    },
 }
 
 fn sys_arg_i32(v: u64) -> i32 {
@@ -245,7 +292,11 @@ impl Supervisor {
     /// Answers notifications until every process under the filter is gone.
     pub fn run(&self) {
         loop {
-            let mut pfd = libc::pollfd { fd: self.listener.raw(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: self.listener.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
             let r = unsafe { libc::poll(&mut pfd, 1, -1) };
             if r < 0 {
@@ -278,19 +329,36 @@ impl Supervisor {
             libc::SYS_rmdir => self.unlink(n.pid, libc::AT_FDCWD, a[0], libc::AT_REMOVEDIR),
             libc::SYS_unlinkat => self.unlink(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2])),
             libc::SYS_rename => self.rename(n.pid, libc::AT_FDCWD, a[0], libc::AT_FDCWD, a[1], 0),
-            libc::SYS_renameat => self.rename(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2]), a[3], 0),
-            libc::SYS_renameat2 => {
-                self.rename(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2]), a[3], a[4] as u32)
+            libc::SYS_renameat => {
+                self.rename(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2]), a[3], 0)
             }
+            libc::SYS_renameat2 => self.rename(
+                n.pid,
+                sys_arg_i32(a[0]),
+                a[1],
+                sys_arg_i32(a[2]),
+                a[3],
+                a[4] as u32,
+            ),
             libc::SYS_link => self.link(n.pid, libc::AT_FDCWD, a[0], libc::AT_FDCWD, a[1], 0),
-            libc::SYS_linkat => self.link(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2]), a[3], sys_arg_i32(a[4])),
+            libc::SYS_linkat => self.link(
+                n.pid,
+                sys_arg_i32(a[0]),
+                a[1],
+                sys_arg_i32(a[2]),
+                a[3],
+                sys_arg_i32(a[4]),
+            ),
             libc::SYS_truncate => self.truncate(n.pid, a[0], a[1] as i64),
             libc::SYS_ftruncate => self.ftruncate(n.pid, sys_arg_i32(a[0]), a[1] as i64),
             libc::SYS_open => self.open(n.pid, libc::AT_FDCWD, a[0], sys_arg_i32(a[1])),
             libc::SYS_openat => self.open(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2])),
-            libc::SYS_creat => {
-                self.open(n.pid, libc::AT_FDCWD, a[0], libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC)
-            }
+            libc::SYS_creat => self.open(
+                n.pid,
+                libc::AT_FDCWD,
+                a[0],
+                libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            ),
             libc::SYS_openat2 => match read_open_how(n.pid, a[2], a[3]) {
                 Some(flags) => self.open(n.pid, sys_arg_i32(a[0]), a[1], flags),
                 None => Ok(Action::Continue),
@@ -316,7 +384,13 @@ impl Supervisor {
                     self.answer(n.id, perform(&op, &creds));
                 }
             }
-            Action::Hold { op, kind, root, path, target } => self.hold(n, op, kind, root, path, target),
+            Action::Hold {
+                op,
+                kind,
+                root,
+                path,
+                target,
+            } => self.hold(n, op, kind, root, path, target),
         }
     }
 
@@ -376,19 +450,39 @@ impl Supervisor {
             return Ok(Action::Continue);
         }
         let at = resolve::target_entry(pid, dirfd, path.as_bytes())?;
-        let kind = if flags & libc::AT_REMOVEDIR != 0 { "rmdir" } else { "unlink" };
+        let kind = if flags & libc::AT_REMOVEDIR != 0 {
+            "rmdir"
+        } else {
+            "unlink"
+        };
         Ok(match self.entry_class(&at) {
             Class::Free => Action::Continue,
             Class::Protected(root) => {
                 let p = at.path();
-                Action::Hold { target: p.display().to_string(), path: p, kind, root, op: Op::Unlink { at, flags } }
+                Action::Hold {
+                    target: p.display().to_string(),
+                    path: p,
+                    kind,
+                    root,
+                    op: Op::Unlink { at, flags },
+                }
             }
             // Removing an ancestor of a protected root fails (not empty); let the kernel say so.
-            Class::InAncestorDir | Class::AncestorOfRoot(_) => Action::Perform(Op::Unlink { at, flags }),
+            Class::InAncestorDir | Class::AncestorOfRoot(_) => {
+                Action::Perform(Op::Unlink { at, flags })
+            }
         })
     }
 
-    fn rename(&self, pid: u32, od: i32, oa: u64, nd: i32, na: u64, flags: u32) -> io::Result<Action> {
+    fn rename(
+        &self,
+        pid: u32,
+        od: i32,
+        oa: u64,
+        nd: i32,
+        na: u64,
+        flags: u32,
+    ) -> io::Result<Action> {
         let old = resolve::read_cstr(pid, oa)?;
         let new = resolve::read_cstr(pid, na)?;
         if self.fast_free(pid, od, old.as_bytes()) && self.fast_free(pid, nd, new.as_bytes()) {
@@ -408,7 +502,13 @@ impl Supervisor {
         let target = format!("{} -> {}", from.path().display(), to.path().display());
         let op = Op::Rename { from, to, flags };
         Ok(match root {
-            Some((root, path)) => Action::Hold { op, kind: "rename", root, path, target },
+            Some((root, path)) => Action::Hold {
+                op,
+                kind: "rename",
+                root,
+                path,
+                target,
+            },
             None if cf == Class::Free && ct == Class::Free => Action::Continue,
             None => Action::Perform(op),
         })
@@ -456,16 +556,25 @@ impl Supervisor {
         Ok((c, st))
     }
 
-    fn truncating(&self, obj: OwnedFd, path: PathBuf, op: impl FnOnce(OwnedFd) -> Op) -> io::Result<Action> {
+    fn truncating(
+        &self,
+        obj: OwnedFd,
+        path: PathBuf,
+        op: impl FnOnce(OwnedFd) -> Op,
+    ) -> io::Result<Action> {
         let (class, st) = self.object_class(&obj, &path)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Ok(Action::Continue);
         }
         Ok(match class {
             Class::Free => Action::Continue,
-            Class::Protected(root) => {
-                Action::Hold { target: path.display().to_string(), path, kind: "truncate", root, op: op(obj) }
-            }
+            Class::Protected(root) => Action::Hold {
+                target: path.display().to_string(),
+                path,
+                kind: "truncate",
+                root,
+                op: op(obj),
+            },
             Class::InAncestorDir | Class::AncestorOfRoot(_) => Action::Perform(op(obj)),
         })
     }
@@ -485,7 +594,12 @@ impl Supervisor {
         if fd_access_mode(pid, fd)? == libc::O_RDONLY {
             return Ok(Action::Continue);
         }
-        let obj = resolve::open_at(None, format!("/proc/{pid}/fd/{fd}").as_bytes(), libc::O_PATH, 0)?;
+        let obj = resolve::open_at(
+            None,
+            format!("/proc/{pid}/fd/{fd}").as_bytes(),
+            libc::O_PATH,
+            0,
+        )?;
         self.truncating(obj, canon, |obj| Op::Truncate { obj, len })
     }
 
@@ -503,14 +617,25 @@ impl Supervisor {
         self.truncating(obj, canon, |obj| Op::Open { obj, flags })
     }
 
-    fn hold(&self, n: &Notif, op: Op, kind: &'static str, root: usize, path: PathBuf, target: String) {
+    fn hold(
+        &self,
+        n: &Notif,
+        op: Op,
+        kind: &'static str,
+        root: usize,
+        path: PathBuf,
+        target: String,
+    ) {
         let pid = tgid_of(n.pid).unwrap_or(n.pid);
         let info = HoldInfo {
             id: crate::hold::new_id(),
             session: self.session.clone(),
             pid,
             ns_pid: ns_pid_of(n.pid),
-            comm: std::fs::read_to_string(format!("/proc/{}/comm", n.pid)).unwrap_or_default().trim().to_string(),
+            comm: std::fs::read_to_string(format!("/proc/{}/comm", n.pid))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             cmdline: cmdline_of(pid),
             kind,
             target,
@@ -521,7 +646,11 @@ impl Supervisor {
             root: Some(root),
             path: Some(path),
         };
-        let pending = Pending { notif: n.id, tid: n.pid, op };
+        let pending = Pending {
+            notif: n.id,
+            tid: n.pid,
+            op,
+        };
         match self.holds.hold_or_apply(info.clone(), pending) {
             Admission::Decided(prior, p) => {
                 self.report.applied(&info, prior.verdict, &prior.from_hold);
@@ -531,9 +660,13 @@ impl Supervisor {
                 self.report.held(&info);
                 // The process may have been killed while we looked: don't leave a ghost hold.
                 if !self.listener.valid(n.id) {
-                    if let Ok(v) = self.holds.decide(&info.id, Verdict::Deny, crate::hold::Scope::Once, None) {
+                    if let Ok(v) =
+                        self.holds
+                            .decide(&info.id, Verdict::Deny, crate::hold::Scope::Once, None)
+                    {
                         for d in v {
-                            self.report.decided(&d.info, d.verdict, "process gone", d.waited);
+                            self.report
+                                .decided(&d.info, d.verdict, "process gone", d.waited);
                         }
                     }
                 }
@@ -569,7 +702,8 @@ impl Supervisor {
 }
 
 fn fstatat(dir: RawFd, name: &OsString) -> io::Result<libc::stat> {
-    let c = CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c =
+        CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: zeroed stat is valid; fd and string are valid.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
@@ -603,8 +737,14 @@ fn read_open_how(pid: u32, addr: u64, size: u64) -> Option<i32> {
         return None;
     }
     let mut flags = [0u8; 8];
-    let local = libc::iovec { iov_base: flags.as_mut_ptr().cast(), iov_len: 8 };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 8 };
+    let local = libc::iovec {
+        iov_base: flags.as_mut_ptr().cast(),
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: 8,
+    };
     // SAFETY: both iovecs are valid for 8 bytes on their side.
     let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
     (n == 8).then(|| u64::from_ne_bytes(flags) as i32)
@@ -612,7 +752,12 @@ fn read_open_how(pid: u32, addr: u64, size: u64) -> Option<i32> {
 
 fn status_field(tid: u32, key: &str) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with(key))?.split_whitespace().last()?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 fn tgid_of(tid: u32) -> Option<u32> {

@@ -1,0 +1,315 @@
+//! The command-line contract: bad input, exit codes, and who may decide.
+
+// Tests fail loudly on any unexpected error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::{privileged, text, World};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Asserts exit 125 with a message on stderr, and that nothing ran.
+fn refused(w: &World, args: &[&str], needle: &str) {
+    let marker = w.work.join("ran");
+    let out = w.cmd(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{args:?}: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in: {err}"
+    );
+    assert!(!marker.exists(), "{args:?}: the command ran");
+    // No session was left behind.
+    let socks = std::fs::read_dir(&w.state).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(socks, 0, "{args:?}: a control socket was left");
+}
+
+#[test]
+fn bad_input_gives_a_clear_message_and_exit_125() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let touch = format!("touch {}", w.work.join("ran").display());
+    refused(
+        &w,
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--protect",
+            "/nonexistent/x",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        "/nonexistent/x",
+    );
+    refused(&w, &["run", "--user", "nobody"], "CMD");
+    refused(
+        &w,
+        &[
+            "run", "--user", "nobody", "--bogus", "--", "sh", "-c", &touch,
+        ],
+        "--bogus",
+    );
+    refused(
+        &w,
+        &[
+            "run",
+            "--user",
+            "no-such-user-xyz",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        "no such user",
+    );
+    refused(
+        &w,
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--decision-timeout",
+            "soon",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        "soon",
+    );
+    refused(
+        &w,
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--session",
+            "../x",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        "--session",
+    );
+    refused(&w, &["run", "--", "sh", "-c", &touch], "SUDO_UID");
+}
+
+#[test]
+fn run_as_non_root_is_refused_with_125() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let marker = w.work.join("ran");
+    let out = w
+        .cmd(&[
+            "run",
+            "--user",
+            "nobody",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
+        .uid(common::UID)
+        .gid(common::UID)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root"),
+        "{}",
+        text(&out)
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn the_command_exit_status_is_returned() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let out = w.run("st", &[], &[], "exit 7").finish(T);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let out = w.run("sig", &[], &[], "kill -TERM $$").finish(T);
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    let out = w
+        .cmd(&["run", "--user", "nobody", "--", "/nonexistent-cmd"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+}
+
+#[test]
+fn the_sandboxed_command_runs_unprivileged_in_its_own_namespaces() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let out = w
+        .run("ns", &[], &[], "id -u; grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd|CapAmb)' /proc/self/status; echo pid=$$; ls /proc/self/fd | wc -l")
+        .finish(T);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.starts_with("65534\n"), "{}", text(&out));
+    assert!(s.contains("NoNewPrivs:\t1"), "{s}");
+    for cap in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert!(
+            s.contains(&format!("{cap}:\t0000000000000000")),
+            "{cap}: {s}"
+        );
+    }
+    // pid 1 is sandbox-init; the shell is its child.
+    assert!(s.contains("pid=2\n"), "{s}");
+}
+
+#[test]
+fn a_process_inside_a_session_cannot_list_or_decide_holds_even_as_root() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    // Session A holds an rm; session B (root inside) tries to approve it through every path.
+    let a = w.run("victim", &[&prot], &[], &format!("rm {}", f.display()));
+    let h = w.wait_hold("victim", T);
+    let id = h["id"].as_str().unwrap().to_string();
+    let sock = w.state.join("victim.sock");
+    let script = format!(
+        "{bin} pending; echo pending=$?; {bin} approve {id}; echo approve=$?; \
+         ls {state} 2>&1; python3 -c 'import socket; s=socket.socket(socket.AF_UNIX); s.connect(\"{sock}\")' 2>&1 | tail -1",
+        bin = common::bin(),
+        state = w.state.display(),
+        sock = sock.display()
+    );
+    let out = w
+        .cmd(&[
+            "run",
+            "--user",
+            "root",
+            "--session",
+            "attacker",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("pending=1") || s.contains("no pending holds"),
+        "{}",
+        text(&out)
+    );
+    assert!(s.contains("approve=1"), "{}", text(&out));
+    // Still held.
+    assert!(w.pending().iter().any(|p| p["id"] == id.as_str()));
+    // Even with the socket reachable (from outside the mount namespace, as root, but inside a
+    // session cgroup) the supervisor refuses: checked by entering the session's cgroup.
+    let cg = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = cg
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap()
+        .to_string();
+    let procs = format!("{mnt}/sandbox/victim/cgroup.procs");
+    let bin = common::bin();
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("echo $$ > {procs} && exec {bin} approve {id}"),
+        ])
+        .env("SANDBOX_STATE_DIR", &w.state)
+        .env("SANDBOX_LOG_DIR", &w.logs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("inside a sandbox"),
+        "{}",
+        text(&out)
+    );
+    assert!(w.pending().iter().any(|p| p["id"] == id.as_str()));
+    w.decide("deny", &id, &[]);
+    a.finish(T);
+    assert!(f.exists());
+}
+
+#[test]
+fn pending_and_sessions_print_the_documented_json() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let r = w.run("js", &[&prot], &[], &format!("rm {}", f.display()));
+    let h = w.wait_hold("js", T);
+    for k in ["id", "session", "pid", "kind", "target", "rule", "since"] {
+        assert!(!h[k].is_null(), "pending --json lacks {k}: {h}");
+    }
+    let out = w.cmd(&["sessions", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session"] == "js")
+        .expect("session listed");
+    assert_eq!(s["pending"], 1);
+    assert_eq!(s["user"], "nobody");
+    let human = w.cmd(&["pending"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains(h["id"].as_str().unwrap()));
+    let out = w.cmd(&["approve", "nope1234"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no pending hold"),
+        "{}",
+        text(&out)
+    );
+    w.decide("deny", h["id"].as_str().unwrap(), &[]);
+    r.finish(T);
+}
+
+#[test]
+fn approve_once_holds_the_next_operation_again() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let a = w.file("p/a", "1");
+    let b = w.file("p/b", "2");
+    let r = w.run(
+        "once",
+        &[&prot],
+        &[],
+        &format!("rm {} {}", a.display(), b.display()),
+    );
+    let h1 = w.wait_hold("once", T);
+    w.decide("approve", h1["id"].as_str().unwrap(), &["--scope", "once"]);
+    let t0 = std::time::Instant::now();
+    let h2 = loop {
+        if let Some(h) = w.pending().into_iter().find(|h| h["id"] != h1["id"]) {
+            break h;
+        }
+        assert!(t0.elapsed() < T, "second hold never came");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    w.decide("deny", h2["id"].as_str().unwrap(), &[]);
+    r.finish(T);
+    assert!(!a.exists());
+    assert!(b.exists());
+}

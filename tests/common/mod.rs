@@ -1,0 +1,304 @@
+//! Shared harness for the privileged tests: they run the real `sandbox` binary against the real
+//! kernel. Without root they skip with a reason, except under CI, where they fail.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The uid/gid the sandboxed commands run as in tests (nobody).
+pub const UID: u32 = 65534;
+
+/// True when the test may run; false (after printing why) when it should skip.
+/// Panics under CI: a privileged test must never silently skip there.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root, and CI is set: refusing to skip");
+    }
+    eprintln!("SKIP: this test needs root (run the tests as root)");
+    false
+}
+
+/// The sandbox binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sandbox")
+}
+
+/// A private world for one test: state dir, log dir, and a work dir owned by the test user.
+pub struct World {
+    pub tmp: tempfile::TempDir,
+    pub state: PathBuf,
+    pub logs: PathBuf,
+    pub work: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        let tmp = tempfile::Builder::new()
+            .prefix("guard-test-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let base = std::fs::canonicalize(tmp.path()).expect("canonicalize");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let state = base.join("state");
+        let logs = base.join("logs");
+        let work = base.join("work");
+        std::fs::create_dir(&work).expect("mkdir work");
+        chown(&work);
+        World {
+            tmp,
+            state,
+            logs,
+            work,
+        }
+    }
+
+    /// A command line for `sandbox SUBCOMMAND ...` in this world.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("SANDBOX_STATE_DIR", &self.state)
+            .env("SANDBOX_LOG_DIR", &self.logs)
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID");
+        c
+    }
+
+    /// Starts `sandbox run --user nobody --session S [--protect P]... EXTRA -- sh -c SCRIPT`.
+    pub fn run(&self, session: &str, protect: &[&Path], extra: &[&str], script: &str) -> Running {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--user".into(),
+            UID.to_string(),
+            "--session".into(),
+            session.into(),
+        ];
+        for p in protect {
+            args.push("--protect".into());
+            args.push(p.display().to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--".into(), "sh".into(), "-c".into(), script.into()]);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = self
+            .cmd(&a)
+            .current_dir(&self.work)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sandbox");
+        Running::new(child, session)
+    }
+
+    /// `sandbox pending --json`, parsed.
+    pub fn pending(&self) -> Vec<Value> {
+        let out = self.cmd(&["pending", "--json"]).output().expect("pending");
+        assert!(
+            out.status.success(),
+            "pending failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .expect("pending json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until a hold of `session` is pending; returns it.
+    pub fn wait_hold(&self, session: &str, timeout: Duration) -> Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(h) = self.pending().into_iter().find(|h| h["session"] == session) {
+                return h;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no hold appeared for session {session} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Decides hold `id`: `approve` or `deny`, with extra options.
+    pub fn decide(&self, verb: &str, id: &str, extra: &[&str]) {
+        let mut a = vec![verb, id];
+        a.extend_from_slice(extra);
+        let out = self.cmd(&a).output().expect("decide");
+        assert!(
+            out.status.success(),
+            "{verb} {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The audit log lines of a session.
+    pub fn log(&self, session: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.logs.join(format!("{session}.jsonl")))
+            .expect("read audit log");
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("audit line"))
+            .collect()
+    }
+
+    /// Makes a directory tree owned by the test user.
+    pub fn dir(&self, rel: &str) -> PathBuf {
+        let p = self.work.join(rel);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        chown_tree(&self.work);
+        p
+    }
+
+    /// Writes a file owned by the test user.
+    pub fn file(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.work.join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write");
+        chown_tree(&self.work);
+        p
+    }
+}
+
+/// A running `sandbox run`; killed (with its whole session) if dropped unfinished.
+pub struct Running {
+    pub child: Child,
+    pub session: String,
+    out: Option<std::thread::JoinHandle<Vec<u8>>>,
+    err: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+fn reader(
+    r: Option<impl std::io::Read + Send + 'static>,
+) -> Option<std::thread::JoinHandle<Vec<u8>>> {
+    r.map(|mut r| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    })
+}
+
+impl Running {
+    fn new(mut child: Child, session: &str) -> Running {
+        let out = reader(child.stdout.take());
+        let err = reader(child.stderr.take());
+        Running {
+            child,
+            session: session.into(),
+            out,
+            err,
+        }
+    }
+
+    /// Waits for the session to end (at most `timeout`, then kills it and fails).
+    pub fn finish(mut self, timeout: Duration) -> Output {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                break st;
+            }
+            if t0.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let err = self
+                    .err
+                    .take()
+                    .map(|h| h.join().unwrap_or_default())
+                    .unwrap_or_default();
+                panic!(
+                    "sandbox did not finish within {timeout:?}; stderr: {}",
+                    String::from_utf8_lossy(&err)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self
+            .out
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let stderr = self
+            .err
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// stdout and stderr as text, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn chown(p: &Path) {
+    std::os::unix::fs::lchown(p, Some(UID), Some(UID)).expect("chown");
+}
+
+pub fn chown_tree(p: &Path) {
+    chown(p);
+    if p.is_dir() && !p.is_symlink() {
+        for e in std::fs::read_dir(p).expect("read_dir").flatten() {
+            chown_tree(&e.path());
+        }
+    }
+}
+
+/// Compiles tests/progs/NAME.c once per test binary; returns the executable's path.
+pub fn prog(name: &str) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::Builder::new()
+            .prefix("guard-progs-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        d
+    });
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = dir.path().join(name);
+    if !out.exists() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/progs")
+            .join(format!("{name}.c"));
+        let st = Command::new("cc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run cc (install gcc)");
+        assert!(st.success(), "compiling {} failed", src.display());
+    }
+    out
+}

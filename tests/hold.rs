@@ -1,0 +1,478 @@
+//! The file hold on this host's kernel (seccomp backend + Landlock), through the real binary.
+
+// Tests fail loudly on any unexpected error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{privileged, text, World};
+
+const T: Duration = Duration::from_secs(30);
+
+fn hold_then(w: &World, session: &str, verb: &str) -> serde_json::Value {
+    let h = w.wait_hold(session, T);
+    w.decide(verb, h["id"].as_str().unwrap(), &[]);
+    h
+}
+
+#[test]
+fn rm_of_protected_file_is_held_until_denied() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let f = w.file("prod/db.sqlite", "precious");
+    let prot = w.work.join("prod");
+    let r = w.run("deny1", &[&prot], &[], &format!("rm {}", f.display()));
+    let h = hold_then(&w, "deny1", "deny");
+    assert_eq!(h["kind"], "unlink");
+    assert_eq!(h["target"], f.display().to_string());
+    assert!(h["rule"].as_str().unwrap().contains("prod"));
+    let out = r.finish(T);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "precious");
+}
+
+#[test]
+fn rm_of_protected_file_proceeds_when_approved() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let f = w.file("prod/db.sqlite", "precious");
+    let r = w.run(
+        "appr1",
+        &[&w.work.join("prod")],
+        &[],
+        &format!("rm {} && echo removed", f.display()),
+    );
+    hold_then(&w, "appr1", "approve");
+    let out = r.finish(T);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
+    assert!(!f.exists());
+}
+
+fn make_tree(w: &World, n: usize) -> std::path::PathBuf {
+    let root = w.dir("tree");
+    for d in 0..10 {
+        let sub = root.join(format!("d{d}/inner"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for i in 0..n / 10 {
+            std::fs::write(sub.join(format!("f{i}")), "x").unwrap();
+        }
+    }
+    common::chown_tree(&root);
+    root
+}
+
+fn count_files(p: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            n += count_files(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn rm_rf_of_protected_tree_needs_one_decision_and_deny_keeps_every_file() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let root = make_tree(&w, 1000);
+    // Files created during the session are protected too.
+    let script = format!(
+        "mkdir -p {r}/new/deep && for i in 1 2 3 4 5; do echo n > {r}/new/deep/n$i; done; rm -rf {r}; echo rm=$?",
+        r = root.display()
+    );
+    let r = w.run("tree-deny", &[&root], &[], &script);
+    hold_then(&w, "tree-deny", "deny");
+    let out = r.finish(T);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rm=1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(count_files(&root), 1005);
+    let holds = w
+        .log("tree-deny")
+        .iter()
+        .filter(|l| l["kind"] == "hold")
+        .count();
+    assert_eq!(holds, 1, "one decision for the whole rm -rf");
+}
+
+#[test]
+fn rm_rf_of_protected_tree_needs_one_decision_and_approve_removes_it() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let root = make_tree(&w, 1000);
+    let script = format!("touch {r}/late; rm -rf {r}; echo rm=$?", r = root.display());
+    let r = w.run("tree-appr", &[&root], &[], &script);
+    hold_then(&w, "tree-appr", "approve");
+    let out = r.finish(T);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rm=0"),
+        "{}",
+        text(&out)
+    );
+    assert!(!root.exists());
+    let log = w.log("tree-appr");
+    assert_eq!(log.iter().filter(|l| l["kind"] == "hold").count(), 1);
+    assert!(log.iter().filter(|l| l["kind"] == "applied").count() > 1000);
+}
+
+/// Runs `script` in a session protecting `prot`, denying every hold; returns (holds, output).
+fn deny_all(
+    w: &World,
+    session: &str,
+    prot: &Path,
+    script: &str,
+) -> (Vec<serde_json::Value>, std::process::Output) {
+    let mut r = w.run(session, &[prot], &[], script);
+    let mut seen = Vec::new();
+    let t0 = std::time::Instant::now();
+    loop {
+        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
+            w.decide("deny", h["id"].as_str().unwrap(), &["--scope", "once"]);
+            seen.push(h);
+        }
+        if r.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(t0.elapsed() < T, "session {session} did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (seen, r.finish(T))
+}
+
+#[test]
+fn every_destructive_path_to_a_protected_file_is_held() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let other = w.file("other", "o");
+    let rn = common::prog("renameat2");
+    let cases: Vec<(&str, &str, String)> = vec![
+        ("rename-away", "rename", format!("mv {} {}/moved", f.display(), w.work.display())),
+        ("rename-over", "rename", format!("mv {} {}", other.display(), f.display())),
+        ("exchange", "rename", format!("{} {} {} exchange", rn.display(), other.display(), f.display())),
+        ("truncate", "truncate", format!("truncate -s 0 {}", f.display())),
+        ("redirect", "truncate", format!(": > {}", f.display())),
+        (
+            "ftruncate",
+            "truncate",
+            format!("python3 -c 'import os; fd=os.open(\"{}\", os.O_WRONLY); os.ftruncate(fd, 0)'", f.display()),
+        ),
+        (
+            "procfd",
+            "unlink",
+            format!("python3 -c 'import os; d=os.open(\"{}\", os.O_RDONLY); os.unlink(\"/proc/self/fd/%d/f\" % d)'", prot.display()),
+        ),
+        ("rmdir-tree", "unlink", format!("rm -rf {}", prot.display())),
+    ];
+    for (name, kind, script) in cases {
+        let (holds, out) = deny_all(&w, name, &prot, &script);
+        assert!(
+            !holds.is_empty(),
+            "{name}: nothing was held\n{}",
+            text(&out)
+        );
+        assert_eq!(holds[0]["kind"], kind, "{name}");
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{name}: the command succeeded\n{}",
+            text(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "keep",
+            "{name}: protected file changed"
+        );
+        assert!(other.exists(), "{name}");
+    }
+}
+
+#[test]
+fn hard_links_to_protected_files_are_held() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let link = w.work.join("l");
+    // Link inside the session, then remove the original (held) and the new link (held).
+    let script = format!(
+        "ln {f} {l} && echo linked; rm {f}; rm {l}; true",
+        f = f.display(),
+        l = link.display()
+    );
+    let (holds, out) = deny_all(&w, "links", &prot, &script);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("linked"),
+        "{}",
+        text(&out)
+    );
+    let targets: Vec<&str> = holds
+        .iter()
+        .map(|h| h["target"].as_str().unwrap())
+        .collect();
+    assert!(
+        targets.contains(&f.display().to_string().as_str()),
+        "{targets:?}"
+    );
+    assert!(
+        targets.contains(&link.display().to_string().as_str()),
+        "{targets:?}"
+    );
+    assert!(f.exists() && link.exists());
+    // A link made before the session is held too.
+    let pre = w.work.join("pre");
+    std::fs::hard_link(&f, &pre).unwrap();
+    let (holds, _) = deny_all(&w, "links2", &prot, &format!("rm {}", pre.display()));
+    assert_eq!(holds.len(), 1);
+    assert!(pre.exists());
+}
+
+#[test]
+fn racing_path_flips_delete_nothing_protected() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/victim", "keep");
+    let race = common::prog("race_unlink");
+    let harmless = w.work.join("h");
+    let script = format!(
+        "{} {} {} 10",
+        race.display(),
+        harmless.display(),
+        f.display()
+    );
+    let (_, out) = deny_all(&w, "race", &prot, &script);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tries="),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        "keep",
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn io_uring_cannot_be_set_up_and_the_file_survives() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let p = common::prog("uring_unlink");
+    let (holds, out) = deny_all(&w, "uring", &prot, &p.display().to_string());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("errno=1"),
+        "{}",
+        text(&out)
+    );
+    assert!(holds.is_empty());
+    assert!(f.exists());
+}
+
+#[test]
+fn the_32_bit_syscall_entry_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let p = common::prog("int80_unlink");
+    let (_, out) = deny_all(
+        &w,
+        "int80",
+        &prot,
+        &format!("{} {}", p.display(), f.display()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(f.exists());
+}
+
+#[test]
+fn unprotected_files_are_never_held_and_outside_processes_are_not_affected() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    for i in 0..50 {
+        w.file(&format!("free/x{i}"), "x");
+    }
+    w.file("sib", "s");
+    let script = format!(
+        "rm -rf {free} && mv {sib} {sib}2 && : > {sib}2 && truncate -s 0 {sib}2 && rm {sib}2 && echo done",
+        free = w.work.join("free").display(),
+        sib = w.work.join("sib").display()
+    );
+    let (holds, out) = deny_all(&w, "free", &prot, &script);
+    assert!(holds.is_empty(), "{holds:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("done"),
+        "{}",
+        text(&out)
+    );
+    // While a session protects p, a process outside it may still remove it.
+    let r = w.run("outside", &[&prot], &[], "sleep 3");
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(&f).unwrap();
+    assert!(!f.exists());
+    r.finish(T);
+}
+
+#[test]
+fn decision_timeout_denies() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let r = w.run(
+        "tmo",
+        &[&prot],
+        &["--decision-timeout", "1s"],
+        &format!("rm {}", f.display()),
+    );
+    let out = r.finish(T);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(f.exists());
+    let log = w.log("tmo");
+    assert!(log
+        .iter()
+        .any(|l| l["kind"] == "decision" && l["by"] == "timeout" && l["decision"] == "deny"));
+}
+
+#[test]
+fn killing_the_supervisor_during_a_hold_leaves_the_file_and_no_process() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let marker = w.work.join("after");
+    let r = w.run(
+        "kill",
+        &[&prot],
+        &[],
+        &format!("sleep 60 & rm {}; touch {}", f.display(), marker.display()),
+    );
+    let h = w.wait_hold("kill", T);
+    let held_pid = h["pid"].as_u64().unwrap() as i32;
+    let sup = r.child.id() as i32;
+    // SAFETY: plain kill.
+    unsafe { libc::kill(sup, libc::SIGKILL) };
+    let _ = r.finish(T);
+    // Every process of the session goes with it.
+    let t0 = std::time::Instant::now();
+    while Path::new(&format!("/proc/{held_pid}")).exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "held process {held_pid} outlived the supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cg = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let _ = cg;
+    assert!(f.exists(), "the protected file was removed");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !marker.exists(),
+        "the command went on after the supervisor died"
+    );
+    let sleepers = std::process::Command::new("pgrep")
+        .args(["-u", "65534", "-f", "sleep 60"])
+        .output()
+        .unwrap();
+    assert!(
+        sleepers.stdout.is_empty(),
+        "a session process survived: {}",
+        String::from_utf8_lossy(&sleepers.stdout)
+    );
+}
+
+#[test]
+fn the_audit_log_records_exec_hold_and_decision_and_verify_detects_edits() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let r = w.run(
+        "audit",
+        &[&prot],
+        &[],
+        &format!("/bin/echo hi; rm {}", f.display()),
+    );
+    hold_then(&w, "audit", "deny");
+    r.finish(T);
+    let log = w.log("audit");
+    assert_eq!(log[0]["kind"], "session_start");
+    assert_eq!(log.last().unwrap()["kind"], "session_end");
+    assert!(
+        log.iter()
+            .any(|l| l["kind"] == "exec" && l["argv"][0] == "/bin/echo" && l["argv"][1] == "hi"),
+        "{log:?}"
+    );
+    assert!(log
+        .iter()
+        .any(|l| l["kind"] == "hold" && l["op"] == "unlink"));
+    assert!(log
+        .iter()
+        .any(|l| l["kind"] == "decision" && l["decision"] == "deny" && l["waited_ms"].is_u64()));
+    let ok = w
+        .cmd(&["log", "--session", "audit", "--verify"])
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    let path = w.logs.join("audit.jsonl");
+    let s = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, s.replacen("\"deny\"", "\"approve\"", 1)).unwrap();
+    let bad = w
+        .cmd(&["log", "--session", "audit", "--verify"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("TAMPERED"),
+        "{}",
+        text(&bad)
+    );
+}
