@@ -80,3 +80,111 @@ const char *guard_bprm_filename(const struct linux_binprm *bprm)
 		return 0;
 	return filename;
 }
+
+// --- The file hold (LSM programs) ----------------------------------------------------------
+
+struct qstr {
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct super_block {
+	unsigned int s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+} __attribute__((preserve_access_index));
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+	struct inode *d_inode;
+	struct super_block *d_sb;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct path f_path;
+} __attribute__((preserve_access_index));
+
+struct task_struct___flags {
+	unsigned int flags;
+} __attribute__((preserve_access_index));
+
+// Helper id 115.
+static long (*const bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)115;
+
+// The (s_dev, i_ino) of a dentry's inode. Returns 0, or -1 for a negative dentry.
+int guard_dentry_key(const struct dentry *d, __u32 *dev, __u64 *ino)
+{
+	struct inode *inode = 0;
+	struct super_block *sb = 0;
+	unsigned long i = 0;
+	unsigned int s = 0;
+
+	if (CORE_READ_INTO(&inode, d, d_inode) != 0 || inode == 0)
+		return -1;
+	if (CORE_READ_INTO(&i, inode, i_ino) != 0)
+		return -1;
+	if (CORE_READ_INTO(&sb, d, d_sb) != 0 || sb == 0)
+		return -1;
+	if (CORE_READ_INTO(&s, sb, s_dev) != 0)
+		return -1;
+	*dev = s;
+	*ino = i;
+	return 0;
+}
+
+// `d->d_parent` (equal to `d` at a file system's root), or 0.
+const struct dentry *guard_dentry_parent(const struct dentry *d)
+{
+	struct dentry *p = 0;
+
+	if (CORE_READ_INTO(&p, d, d_parent) != 0)
+		return 0;
+	return p;
+}
+
+// Copies `d->d_name.name` into buf (NUL-terminated, at most len bytes). Returns the helper's result.
+long guard_dentry_name(const struct dentry *d, char *buf, __u32 len)
+{
+	const unsigned char *name = 0;
+
+	if (bpf_probe_read_kernel(&name, sizeof(name), __builtin_preserve_access_index(&d->d_name.name)) != 0 || name == 0)
+		return -1;
+	return bpf_probe_read_kernel_str(buf, len, name);
+}
+
+// `path->dentry`, or 0.
+const struct dentry *guard_path_dentry(const struct path *p)
+{
+	struct dentry *d = 0;
+
+	if (CORE_READ_INTO(&d, p, dentry) != 0)
+		return 0;
+	return d;
+}
+
+// `file->f_path.dentry`, or 0.
+const struct dentry *guard_file_dentry(const struct file *f)
+{
+	struct dentry *d = 0;
+
+	if (bpf_probe_read_kernel(&d, sizeof(d), __builtin_preserve_access_index(&f->f_path.dentry)) != 0)
+		return 0;
+	return d;
+}
+
+// `task->flags`, or 0.
+__u32 guard_task_flags(const void *task)
+{
+	const struct task_struct___flags *t = task;
+	unsigned int flags = 0;
+
+	if (CORE_READ_INTO(&flags, t, flags) != 0)
+		return 0;
+	return flags;
+}

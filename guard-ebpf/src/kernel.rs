@@ -13,3 +13,18 @@ extern "C" {
     /// `bprm->filename` (a kernel address), or null.
     pub fn guard_bprm_filename(bprm: *const c_void) -> *const c_char;
 }
+
+extern "C" {
+    /// Stores `dentry->d_sb->s_dev` and `dentry->d_inode->i_ino`; -1 for a negative dentry.
+    pub fn guard_dentry_key(dentry: *const c_void, dev: *mut u32, ino: *mut u64) -> c_int;
+    /// `dentry->d_parent` (the dentry itself at a file system's root), or null.
+    pub fn guard_dentry_parent(dentry: *const c_void) -> *const c_void;
+    /// Copies the dentry's name (NUL-terminated, at most `len` bytes).
+    pub fn guard_dentry_name(dentry: *const c_void, buf: *mut c_char, len: u32) -> i64;
+    /// `path->dentry`, or null.
+    pub fn guard_path_dentry(path: *const c_void) -> *const c_void;
+    /// `file->f_path.dentry`, or null.
+    pub fn guard_file_dentry(file: *const c_void) -> *const c_void;
+    /// `task->flags`, or 0.
+    pub fn guard_task_flags(task: *const c_void) -> u32;
+}

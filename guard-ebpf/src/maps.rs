@@ -20,3 +20,36 @@ pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Number of exec events dropped because `EXEC_EVENTS` was full, per CPU, at index 0.
 #[map]
 pub static EXEC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+use guard_common::files::{Decision, InodeKey, Pending, StandingKey};
+
+/// Protected roots (and the roots of file systems mounted below them): inode to root index.
+/// A target is protected when it or one of its `d_parent` ancestors is in here.
+#[map]
+pub static PROT_DIRS: HashMap<InodeKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Other hard links of protected files: inode to root index. Filled by the user side at start
+/// and by `path_link` when a protected file gets a new name.
+#[map]
+pub static PROT_INODES: HashMap<InodeKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Ancestor directories of protected roots: renaming one away moves the protected tree.
+#[map]
+pub static PROT_ANCESTORS: HashMap<InodeKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// The held operation of each thread (thread id to its pending hold).
+#[map]
+pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// Decisions written by the user side (thread id to the decision for its pending hold).
+#[map]
+pub static DECISIONS: HashMap<u32, Decision> = HashMap::with_max_entries(16384, 0);
+
+/// Standing decisions for a (process, protected root): `VERDICT_*`. Removed when the process
+/// exits.
+#[map]
+pub static STANDING: HashMap<StandingKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// New holds (`HoldRecord`) for the user side.
+#[map]
+pub static HOLD_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);

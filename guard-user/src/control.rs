@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::supervise::Supervisor;
-use crate::hold::{Scope, Verdict};
+use crate::hold::{Decider, Scope, Verdict};
 
 /// `$SANDBOX_STATE_DIR`, default `/run/sandbox`.
 pub fn state_dir() -> PathBuf {
@@ -180,7 +179,7 @@ fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
 /// Serves the control socket of a session until the listener is closed.
 pub fn serve(
     listener: UnixListener,
-    sup: Arc<Supervisor>,
+    sup: Arc<dyn Decider>,
     info: impl Fn() -> SessionInfo + Send + 'static,
 ) {
     for conn in listener.incoming() {
@@ -195,7 +194,7 @@ pub fn serve(
             (Err(e), _) => Answer::err(e),
             (Ok(_), Err(e)) => Answer::err(format!("read: {e}")),
             (Ok(peer), Ok(_)) => match serde_json::from_str::<Request>(&line) {
-                Ok(req) => handle(req, &sup, &info, peer),
+                Ok(req) => handle(req, sup.as_ref(), &info, peer),
                 Err(e) => Answer::err(format!("bad request: {e}")),
             },
         };
@@ -206,12 +205,11 @@ pub fn serve(
     }
 }
 
-fn handle(req: Request, sup: &Supervisor, info: &dyn Fn() -> SessionInfo, peer: u32) -> Answer {
+fn handle(req: Request, sup: &dyn Decider, info: &dyn Fn() -> SessionInfo, peer: u32) -> Answer {
     match req {
         Request::Pending => {
             let v = sup
-                .holds
-                .list()
+                .pending()
                 .iter()
                 .filter_map(|h| serde_json::to_value(h).ok())
                 .collect();
@@ -230,20 +228,13 @@ fn handle(req: Request, sup: &Supervisor, info: &dyn Fn() -> SessionInfo, peer: 
             scope,
             for_ms,
         } => {
-            match sup
-                .holds
-                .decide(&id, verdict, scope, for_ms.map(Duration::from_millis))
-            {
-                Ok(decided) => {
-                    let ids = decided.iter().map(|d| d.info.id.clone()).collect();
-                    let by = format!("root via control socket (pid {peer}, scope {scope:?})")
-                        .to_lowercase();
-                    sup.finish(decided, &by);
-                    Answer {
-                        decided: Some(ids),
-                        ..Answer::ok()
-                    }
-                }
+            let by =
+                format!("root via control socket (pid {peer}, scope {scope:?})").to_lowercase();
+            match sup.decide(&id, verdict, scope, for_ms.map(Duration::from_millis), &by) {
+                Ok(ids) => Answer {
+                    decided: Some(ids),
+                    ..Answer::ok()
+                },
                 Err(e) => Answer {
                     unknown: Some(true),
                     ..Answer::err(e.to_string())

@@ -25,7 +25,8 @@ use guard_common::exec::{ExecRecord, SessionFlags, EXEC_ARGS_LEN, EXEC_FILENAME_
 use serde::Serialize;
 
 /// The eBPF object with all of Guard's kernel-side programs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf.o"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf.o"));
 
 /// Name of the exec program in the object, and of the tracepoint it attaches to.
 const EXEC_PROGRAM: &str = "sched_process_exec";

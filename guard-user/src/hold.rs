@@ -357,6 +357,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// What the human's side (control socket, timeouts, session end) needs from a hold backend.
+/// Both file-hold backends (seccomp and BPF LSM) implement it.
+pub trait Decider: Send + Sync {
+    /// The pending holds, oldest first.
+    fn pending(&self) -> Vec<HoldInfo>;
+    /// Decides hold `id` (and, for a standing scope, the pending holds it covers); returns the
+    /// ids decided.
+    fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        scope: Scope,
+        duration: Option<Duration>,
+        by: &str,
+    ) -> Result<Vec<String>, DecideError>;
+    /// Denies holds older than `timeout`.
+    fn expire(&self, timeout: Duration);
+    /// Denies every pending hold (the session is ending).
+    fn end(&self);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

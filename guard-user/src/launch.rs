@@ -30,7 +30,7 @@ use crate::control::{self, SessionInfo};
 use crate::files::seccomp::Listener;
 use crate::files::supervise::Supervisor;
 use crate::files::{self, Protection};
-use crate::hold::Holds;
+use crate::hold::{Decider, Holds};
 use crate::report::Reporter;
 
 /// Options of `sandbox run`.
@@ -52,9 +52,24 @@ pub struct RunArgs {
     /// No banner and no hold messages on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// How file holds are enforced: `lsm` (BPF LSM hooks), `seccomp` (seccomp user notification
+    /// with Landlock), or `auto` (lsm when this kernel really loads LSM programs).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
+}
+
+/// The file-hold backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// lsm if LSM programs load here, else seccomp.
+    Auto,
+    /// BPF LSM hooks (race-free; needs `bpf` in the kernel's active LSMs).
+    Lsm,
+    /// seccomp user notification + Landlock.
+    Seccomp,
 }
 
 /// Why a session could not be set up (exit status 125).
@@ -75,8 +90,11 @@ pub enum RunError {
     /// Audit log.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The BPF LSM backend.
+    #[error("--backend lsm")]
+    Lsm(#[from] files::lsm::LsmError),
     /// eBPF exec observer.
-    #[error("exec observer: {0}")]
+    #[error("exec observer")]
     Exec(#[from] crate::exec::ExecError),
     /// Any other system call.
     #[error("{what}: {source}")]
@@ -241,7 +259,8 @@ struct ChildPlan {
     ident: Identity,
     cmd: Vec<CString>,
     env: Vec<(OsString, OsString)>,
-    bpf: Vec<u8>,
+    /// The seccomp filter (seccomp backend only).
+    bpf: Option<Vec<u8>>,
     grants: Vec<(PathBuf, files::landlock::Grant)>,
     hide: Vec<PathBuf>,
     chan: OwnedFd,
@@ -255,6 +274,18 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let ident = identity(args.user.as_deref())?;
     let session = session_name(args.session.as_deref(), &args.cmd)?;
     let prot = Arc::new(Protection::new(&args.protect)?);
+    // The backend: probe by loading, never by reading the LSM list.
+    let (backend, lsm_refused) = match args.backend {
+        Backend::Seccomp => (Backend::Seccomp, None),
+        Backend::Lsm => {
+            files::lsm::probe()?;
+            (Backend::Lsm, None)
+        }
+        Backend::Auto => match files::lsm::probe() {
+            Ok(()) => (Backend::Lsm, None),
+            Err(e) => (Backend::Seccomp, Some(format!("{e}: {}", error_chain(&e)))),
+        },
+    };
     let cmd: Vec<CString> = args
         .cmd
         .iter()
@@ -275,11 +306,20 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let mut observer = crate::exec::ExecObserver::load()?;
     observer.watch_cgroup(cg.id()?)?;
 
-    let bpf = files::seccomp::build()?;
-    let grants = if prot.is_empty() {
-        Vec::new()
+    let backend_name = if backend == Backend::Lsm {
+        "lsm"
     } else {
-        files::landlock::grants(&prot)
+        "seccomp"
+    };
+    let (bpf, grants) = if backend == Backend::Seccomp {
+        let grants = if prot.is_empty() {
+            Vec::new()
+        } else {
+            files::landlock::grants(&prot)
+        };
+        (Some(files::seccomp::build()?), grants)
+    } else {
+        (None, Vec::new())
     };
     let started = crate::audit::rfc3339_micros(std::time::SystemTime::now());
     let cmd_str: Vec<String> = args
@@ -291,17 +331,29 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     report.record(
         "session_start",
         json!({"command": cmd_str, "user": ident.name, "uid": ident.uid, "gid": ident.gid,
-               "protected": prot.roots(), "backend": "seccomp", "decision_timeout_s": args.decision_timeout.as_secs_f64(),
+               "protected": prot.roots(), "backend": backend_name, "lsm_refused": lsm_refused, "decision_timeout_s": args.decision_timeout.as_secs_f64(),
                "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
     );
     if !args.quiet {
         eprintln!(
-            "sandbox: session {session} as {} (backend seccomp+landlock, {} protected path{}); decide holds with `sudo sandbox pending`",
+            "sandbox: session {session} as {} (backend {}, {} protected path{}); decide holds with `sudo sandbox pending`",
             ident.name,
+            if backend == Backend::Lsm { "lsm" } else { "seccomp+landlock" },
             prot.roots().len(),
             if prot.roots().len() == 1 { "" } else { "s" }
         );
     }
+
+    let lsm = if backend == Backend::Lsm {
+        Some(Arc::new(files::lsm::LsmSupervisor::load(
+            &session,
+            prot.clone(),
+            report.clone(),
+            cg.id()?,
+        )?))
+    } else {
+        None
+    };
 
     let (sup_end, child_end) = socket::socketpair(
         socket::AddressFamily::Unix,
@@ -364,9 +416,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     };
     drop(plan);
 
-    // Receive the listener fd from the command child; without it nothing runs.
-    let listener = match recv_fd(sup_end.as_raw_fd(), Duration::from_secs(30)) {
-        Ok(fd) => Listener::new(fd),
+    // The command child reports that its guard is in place (handing over the seccomp listener
+    // on that backend); without that nothing runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = match &lsm {
+        None => recv_fd(sup_end.as_raw_fd(), Duration::from_secs(30)).map(Some),
+        Some(_) => recv_ready(sup_end.as_raw_fd(), Duration::from_secs(30)).map(|()| None),
+    };
+    let listener = match ready {
+        Ok(l) => l,
         Err(e) => {
             let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(init, None);
@@ -377,24 +435,37 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             return Err(RunError::Child);
         }
     };
-    let sup = Arc::new(Supervisor {
-        session: session.clone(),
-        prot: prot.clone(),
-        holds: Holds::default(),
-        listener,
-        report: report.clone(),
-    });
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let notify_thread = {
-        let sup = sup.clone();
-        std::thread::Builder::new()
-            .name("notify".into())
-            .spawn(move || sup.run())
-            .map_err(sys_io("spawn"))?
+    let worker;
+    let decider: Arc<dyn Decider> = match (lsm.clone(), listener) {
+        (Some(l), _) => {
+            let stop = stop.clone();
+            let l2 = l.clone();
+            worker = std::thread::Builder::new()
+                .name("lsm".into())
+                .spawn(move || l2.run(&stop))
+                .map_err(sys_io("spawn"))?;
+            l
+        }
+        (None, Some(fd)) => {
+            let sup = Arc::new(Supervisor {
+                session: session.clone(),
+                prot: prot.clone(),
+                holds: Holds::default(),
+                listener: Listener::new(fd),
+                report: report.clone(),
+            });
+            let s2 = sup.clone();
+            worker = std::thread::Builder::new()
+                .name("notify".into())
+                .spawn(move || s2.run())
+                .map_err(sys_io("spawn"))?;
+            sup
+        }
+        (None, None) => return Err(RunError::Child),
     };
+
     {
-        let sup = sup.clone();
+        let sup = decider.clone();
         let (session, ident, started, cmd_str, log) = (
             session.clone(),
             ident.clone(),
@@ -403,7 +474,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             log_dir.join(format!("{session}.jsonl")),
         );
         let roots = prot.roots().to_vec();
-        let supref = sup.clone();
+        let supref = decider.clone();
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
@@ -414,22 +485,22 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                     user: ident.name.clone(),
                     uid: ident.uid,
                     started: started.clone(),
-                    backend: "seccomp".into(),
+                    backend: backend_name.into(),
                     protected: roots.clone(),
-                    pending: supref.holds.list().len(),
+                    pending: supref.pending().len(),
                     log: log.clone(),
                 })
             })
             .map_err(sys_io("spawn"))?;
     }
     let timer_thread = {
-        let (sup, stop, timeout) = (sup.clone(), stop.clone(), args.decision_timeout);
+        let (sup, stop, timeout) = (decider.clone(), stop.clone(), args.decision_timeout);
         std::thread::Builder::new()
             .name("timeout".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
-                    sup.finish(sup.holds.expired(timeout), "timeout");
+                    sup.expire(timeout);
                 }
             })
             .map_err(sys_io("spawn"))?
@@ -472,9 +543,13 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         _ => 125,
     };
     cg.destroy();
-    let _ = notify_thread.join();
-    sup.finish(sup.holds.drain(), "session ended");
+    // The seccomp worker ends when no process is left under the filter; the LSM worker on stop.
     stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
+    decider.end();
+    if let Some(l) = &lsm {
+        l.unregister(cg.id().unwrap_or(0));
+    }
     let _ = timer_thread.join();
     if let Ok(mut obs) = exec_thread.join() {
         let _ = obs.unwatch_cgroup(cg.id().unwrap_or(0));
@@ -486,6 +561,17 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     drop(cg_guard);
     drop(cleanup_sock);
     Ok(code)
+}
+
+/// The sources of an error, joined by ": ".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        parts.push(c.to_string());
+        cur = c.source();
+    }
+    parts.join(": ")
 }
 
 /// Removes the control socket when the session ends, however it ends.
@@ -553,6 +639,22 @@ fn wait_init(init: Pid, sigs: &nix::sys::signal::SigSet) -> WaitStatus {
             // SAFETY: plain kill.
             unsafe { libc::kill(init.as_raw(), sig) };
         }
+    }
+}
+
+/// Waits for the command child's "guard in place" message (LSM backend: no fd).
+fn recv_ready(sock: RawFd, timeout: Duration) -> Result<(), String> {
+    let mut pfd = libc::pollfd {
+        fd: sock,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    let mut b = [0u8; 1];
+    match (r, socket::recv(sock, &mut b, MsgFlags::empty())) {
+        (r, Ok(1)) if r > 0 => Ok(()),
+        _ => Err("the sandboxed child failed during set-up".into()),
     }
 }
 
@@ -756,22 +858,32 @@ fn command_main(plan: ChildPlan, init_chan: OwnedFd) -> ! {
             child_fail("landlock", e);
         }
     }
-    let listener = match files::seccomp::load(&plan.bpf) {
-        Ok(fd) => fd,
-        Err(e) => child_fail("seccomp", e),
-    };
-    let fds = [listener.as_raw_fd()];
-    let cm = [ControlMessage::ScmRights(&fds)];
-    for chan in [init_chan.as_raw_fd(), plan.chan.as_raw_fd()] {
-        if let Err(e) =
-            socket::sendmsg::<()>(chan, &[IoSlice::new(b"l")], &cm, MsgFlags::empty(), None)
-        {
-            child_fail("hand over the seccomp listener", e);
+    match &plan.bpf {
+        Some(bpf) => {
+            let listener = match files::seccomp::load(bpf) {
+                Ok(fd) => fd,
+                Err(e) => child_fail("seccomp", e),
+            };
+            let fds = [listener.as_raw_fd()];
+            let cm = [ControlMessage::ScmRights(&fds)];
+            for chan in [init_chan.as_raw_fd(), plan.chan.as_raw_fd()] {
+                if let Err(e) =
+                    socket::sendmsg::<()>(chan, &[IoSlice::new(b"l")], &cm, MsgFlags::empty(), None)
+                {
+                    child_fail("hand over the seccomp listener", e);
+                }
+            }
+            // The listener must never stay in the sandbox: a process holding it could answer its
+            // own holds.
+            drop(listener);
+        }
+        None => {
+            if let Err(e) = socket::send(plan.chan.as_raw_fd(), b"r", MsgFlags::empty()) {
+                child_fail("report readiness", e);
+            }
         }
     }
     drop(init_chan);
-    // The listener must never stay in the sandbox: a process holding it could answer its own holds.
-    drop(listener);
     let mut go = [0u8; 1];
     match socket::recv(plan.chan.as_raw_fd(), &mut go, MsgFlags::empty()) {
         Ok(1) => {}

@@ -4,6 +4,7 @@
 //! directory handles) and, for files with more than one hard link, on (device, inode).
 
 pub mod landlock;
+pub mod lsm;
 pub mod resolve;
 pub mod seccomp;
 pub mod supervise;
@@ -152,6 +153,12 @@ impl Protection {
     pub fn has_linked(&self) -> bool {
         let map = self.linked.lock().unwrap_or_else(|e| e.into_inner());
         !map.is_empty()
+    }
+
+    /// Every recorded multi-link protected inode: ((st_dev, st_ino), root index).
+    pub fn linked_entries(&self) -> Vec<((u64, u64), usize)> {
+        let map = self.linked.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// Records that inode (dev, ino) of root `root` now has another link.

@@ -12,12 +12,14 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::resolve::{self, PinnedDir, Target};
 use super::seccomp::{Listener, Notif};
 use super::{Class, Protection};
-use crate::hold::{Admission, Decided, HoldInfo, Holds, ProcKey, Verdict};
+use crate::hold::{
+    Admission, DecideError, Decided, Decider, HoldInfo, Holds, ProcKey, Scope, Verdict,
+};
 use crate::report::Reporter;
 
 /// A resolved operation the supervisor can carry out on the process's behalf.
@@ -701,6 +703,34 @@ impl Supervisor {
     }
 }
 
+impl Decider for Supervisor {
+    fn pending(&self) -> Vec<HoldInfo> {
+        self.holds.list()
+    }
+
+    fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        scope: Scope,
+        duration: Option<Duration>,
+        by: &str,
+    ) -> Result<Vec<String>, DecideError> {
+        let decided = self.holds.decide(id, verdict, scope, duration)?;
+        let ids = decided.iter().map(|d| d.info.id.clone()).collect();
+        self.finish(decided, by);
+        Ok(ids)
+    }
+
+    fn expire(&self, timeout: Duration) {
+        self.finish(self.holds.expired(timeout), "timeout");
+    }
+
+    fn end(&self) {
+        self.finish(self.holds.drain(), "session ended");
+    }
+}
+
 fn fstatat(dir: RawFd, name: &OsString) -> io::Result<libc::stat> {
     let c =
         CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -764,7 +794,7 @@ fn tgid_of(tid: u32) -> Option<u32> {
     status_field(tid, "Tgid:")
 }
 
-fn ns_pid_of(tid: u32) -> Option<u32> {
+pub fn ns_pid_of(tid: u32) -> Option<u32> {
     status_field(tid, "NStgid:")
 }
 

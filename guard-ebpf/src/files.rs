@@ -1,0 +1,309 @@
+//! The file hold of the BPF LSM backend.
+//!
+//! For a task in a session cgroup with the file hold on, an operation that would destroy a
+//! protected object (unlink, rmdir, rename away or over, truncate) is held: the hook records a
+//! pending slot for the thread, queues SIGSTOP for it, reports the hold on `HOLD_EVENTS` and
+//! returns -ERESTARTNOINTR. The task stops; when it is continued the kernel restarts the system
+//! call and the hook runs again: with a decision for that exact hold it returns 0 (the operation
+//! happens) or -EPERM; without one (a SIGCONT from anyone else) it stops the task again.
+//! io_uring workers cannot restart a call: they get -EPERM.
+
+use core::ffi::c_void;
+use core::ptr::addr_of_mut;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns, bpf_send_signal_thread},
+    },
+    macros::{btf_tracepoint, lsm},
+    programs::{BtfTracePointContext, LsmContext},
+};
+use guard_common::files::{
+    HoldRecord, InodeKey, Pending, StandingKey, HOLD_ANCESTOR, HOLD_LINK, HOLD_RENAME_TARGET, MAX_DEPTH,
+    MAX_NAMES, MAX_ROOTS, NAME_LEN, OP_RENAME, OP_RMDIR, OP_TRUNCATE, OP_UNLINK, SESSION_FILE_HOLD, VERDICT_ALLOW,
+};
+
+use crate::{
+    kernel::{guard_dentry_key, guard_dentry_name, guard_dentry_parent, guard_file_dentry, guard_path_dentry, guard_task_flags},
+    maps::{DECISIONS, HOLD_EVENTS, PENDING, PROT_ANCESTORS, PROT_DIRS, PROT_INODES, SESSION_CGROUPS, STANDING},
+};
+
+const EPERM: i32 = 1;
+const ERESTARTNOINTR: i32 = 513;
+const SIGSTOP: u32 = 19;
+/// `PF_IO_WORKER`: an io_uring worker thread.
+const PF_IO_WORKER: u32 = 0x10;
+/// `RENAME_EXCHANGE`.
+const RENAME_EXCHANGE: u32 = 2;
+
+/// What protects an object.
+#[derive(Clone, Copy)]
+struct Match {
+    root: u32,
+    depth: u32,
+    flags: u32,
+}
+
+fn key_of(d: *const c_void) -> Option<InodeKey> {
+    let mut dev = 0u32;
+    let mut ino = 0u64;
+    // SAFETY: the accessor only reads kernel memory through bpf_probe_read_kernel.
+    if unsafe { guard_dentry_key(d, &mut dev, &mut ino) } != 0 {
+        return None;
+    }
+    Some(InodeKey { dev, _pad: 0, ino })
+}
+
+/// Walks from `d` up its `d_parent` chain looking for a protected root.
+fn protected(d: *const c_void, ancestors_too: bool) -> Option<Match> {
+    let own = key_of(d)?;
+    let mut cur = d;
+    for depth in 0..MAX_DEPTH {
+        let Some(k) = key_of(cur) else { break };
+        // SAFETY: map values are copied out at once.
+        if let Some(&root) = unsafe { PROT_DIRS.get(&k) } {
+            return Some(Match { root, depth, flags: 0 });
+        }
+        // SAFETY: the accessor only reads kernel memory.
+        let parent = unsafe { guard_dentry_parent(cur) };
+        if parent.is_null() || parent == cur {
+            break;
+        }
+        cur = parent;
+    }
+    // SAFETY: as above.
+    if let Some(&root) = unsafe { PROT_INODES.get(&own) } {
+        return Some(Match { root, depth: MAX_DEPTH + 1, flags: HOLD_LINK });
+    }
+    if ancestors_too {
+        // SAFETY: as above.
+        if let Some(&root) = unsafe { PROT_ANCESTORS.get(&own) } {
+            return Some(Match { root, depth: MAX_DEPTH + 1, flags: HOLD_ANCESTOR });
+        }
+    }
+    None
+}
+
+fn session_has_file_hold() -> bool {
+    // SAFETY: a helper without arguments; the map value is copied out.
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    matches!(unsafe { SESSION_CGROUPS.get(&cg) }, Some(&f) if f & SESSION_FILE_HOLD != 0)
+}
+
+fn fill_names(d: *const c_void, names: *mut [[u8; NAME_LEN]; MAX_NAMES]) -> u32 {
+    let mut cur = d;
+    let mut n = 0u32;
+    for i in 0..MAX_NAMES {
+        // SAFETY: names points into a reserved ring buffer record; the accessor bounds the copy.
+        let r = unsafe { guard_dentry_name(cur, addr_of_mut!((*names)[i]).cast(), NAME_LEN as u32) };
+        if r <= 0 {
+            break;
+        }
+        n += 1;
+        // SAFETY: kernel read through the accessor.
+        let parent = unsafe { guard_dentry_parent(cur) };
+        if parent.is_null() || parent == cur {
+            break;
+        }
+        cur = parent;
+    }
+    n
+}
+
+/// The decision logic shared by every hook. `other` is the second dentry of a rename.
+fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    // SAFETY: map values are copied out at once.
+    if let Some(&v) = unsafe { STANDING.get(&StandingKey { tgid, root: m.root }) } {
+        return if v == VERDICT_ALLOW { 0 } else { -EPERM };
+    }
+    // SAFETY: helper without arguments; the accessor reads kernel memory.
+    let task_flags = unsafe { guard_task_flags(bpf_get_current_task() as *const c_void) };
+    if task_flags & PF_IO_WORKER != 0 {
+        return -EPERM;
+    }
+    let Some(k) = key_of(target) else { return -EPERM };
+    // SAFETY: map values are copied out at once.
+    if let Some(p) = unsafe { PENDING.get(&tid) }.copied() {
+        if p.op == op && p.dev == k.dev && p.ino == k.ino {
+            // The restarted call: consume its decision, exactly once.
+            // SAFETY: as above.
+            if let Some(d) = unsafe { DECISIONS.get(&tid) }.copied() {
+                if d.seq == p.seq {
+                    let _ = DECISIONS.remove(&tid);
+                    let _ = PENDING.remove(&tid);
+                    return if d.verdict == VERDICT_ALLOW { 0 } else { -EPERM };
+                }
+            }
+            // Continued by someone other than the supervisor: stop again.
+            // SAFETY: helper with an integer argument.
+            unsafe { bpf_send_signal_thread(SIGSTOP) };
+            return -ERESTARTNOINTR;
+        }
+    }
+    // SAFETY: helper without arguments.
+    let seq = unsafe { bpf_ktime_get_ns() };
+    let p = Pending { seq, op, dev: k.dev, ino: k.ino };
+    if PENDING.insert(&tid, &p, 0).is_err() {
+        return -EPERM;
+    }
+    let Some(mut entry) = HOLD_EVENTS.reserve::<HoldRecord>(0) else {
+        // Nobody would hear of this hold: fail closed.
+        let _ = PENDING.remove(&tid);
+        return -EPERM;
+    };
+    let rec: *mut HoldRecord = entry.as_mut_ptr();
+    // The stop is queued before the user side can hear of the hold (it waits for the stop
+    // before continuing the task, so a SIGCONT never overtakes this SIGSTOP).
+    // SAFETY: helper with an integer argument.
+    unsafe { bpf_send_signal_thread(SIGSTOP) };
+    // SAFETY: rec points to a reserved record of the right size; fields are written in place.
+    unsafe {
+        (*rec).seq = seq;
+        (*rec).cgroup_id = bpf_get_current_cgroup_id();
+        (*rec).ino = k.ino;
+        (*rec).pid = tgid;
+        (*rec).tid = tid;
+        (*rec).op = op;
+        (*rec).dev = k.dev;
+        (*rec).root = m.root;
+        (*rec).flags = m.flags;
+        (*rec).depth = m.depth;
+        (*rec)._pad = 0;
+        (*rec).names_len = fill_names(target, addr_of_mut!((*rec).names));
+        (*rec).other_len = if other.is_null() { 0 } else { fill_names(other, addr_of_mut!((*rec).other_names)) };
+    }
+    entry.submit(0);
+    -ERESTARTNOINTR
+}
+
+/// Entry of every hook: only tasks of sessions with the file hold, and only when an earlier
+/// LSM has not already refused.
+fn check(op: u32, target: *const c_void, other: *const c_void, ancestors_too: bool) -> i32 {
+    if target.is_null() || !session_has_file_hold() {
+        return 0;
+    }
+    match protected(target, ancestors_too) {
+        Some(m) => hold(op, target, m, other),
+        None => 0,
+    }
+}
+
+/// `path_unlink(const struct path *dir, struct dentry *dentry)`.
+#[lsm(hook = "path_unlink")]
+pub fn path_unlink(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return prev;
+    }
+    check(OP_UNLINK, ctx.arg(1), core::ptr::null(), false)
+}
+
+/// `path_rmdir(const struct path *dir, struct dentry *dentry)`.
+#[lsm(hook = "path_rmdir")]
+pub fn path_rmdir(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return prev;
+    }
+    check(OP_RMDIR, ctx.arg(1), core::ptr::null(), false)
+}
+
+/// `path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`: the source moving away, an
+/// overwritten destination, or either side of an exchange.
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(5);
+    if prev != 0 {
+        return prev;
+    }
+    let old: *const c_void = ctx.arg(1);
+    let new: *const c_void = ctx.arg(3);
+    let flags: u32 = ctx.arg(4);
+    if old.is_null() || !session_has_file_hold() {
+        return 0;
+    }
+    if let Some(m) = protected(old, true) {
+        return hold(OP_RENAME, old, m, new);
+    }
+    // A negative destination dentry (nothing overwritten) has no inode: `protected` says None.
+    if !new.is_null() {
+        if let Some(mut m) = protected(new, flags & RENAME_EXCHANGE != 0) {
+            m.flags |= HOLD_RENAME_TARGET;
+            return hold(OP_RENAME, new, m, old);
+        }
+    }
+    0
+}
+
+/// `path_truncate(const struct path *path)`: truncate(2) (and, before 6.2, ftruncate and O_TRUNC).
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return prev;
+    }
+    let path: *const c_void = ctx.arg(0);
+    // SAFETY: kernel read through the accessor.
+    let d = unsafe { guard_path_dentry(path) };
+    check(OP_TRUNCATE, d, core::ptr::null(), false)
+}
+
+/// `file_truncate(struct file *file)` (6.2+): ftruncate(2) and open(2) with O_TRUNC.
+#[lsm(hook = "file_truncate")]
+pub fn file_truncate(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return prev;
+    }
+    let file: *const c_void = ctx.arg(0);
+    // SAFETY: kernel read through the accessor.
+    let d = unsafe { guard_file_dentry(file) };
+    check(OP_TRUNCATE, d, core::ptr::null(), false)
+}
+
+/// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry)`:
+/// a new name for a protected file makes that name protected too (by inode).
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(3);
+    if prev != 0 {
+        return prev;
+    }
+    let old: *const c_void = ctx.arg(0);
+    if old.is_null() || !session_has_file_hold() {
+        return 0;
+    }
+    if let Some(m) = protected(old, false) {
+        if let Some(k) = key_of(old) {
+            if PROT_INODES.insert(&k, &m.root, 0).is_err() {
+                // Without the record the new name would be unprotected: refuse the link.
+                return -EPERM;
+            }
+        }
+    }
+    0
+}
+
+/// `sched_process_exit(struct task_struct *p)`: forgets the thread's pending hold and, when the
+/// process ends, its standing decisions.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
+    if !session_has_file_hold() {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    let _ = PENDING.remove(&tid);
+    let _ = DECISIONS.remove(&tid);
+    if tid == tgid {
+        for root in 0..MAX_ROOTS {
+            let _ = STANDING.remove(&StandingKey { tgid, root });
+        }
+    }
+    0
+}

@@ -1,0 +1,531 @@
+//! The BPF LSM backend of the file hold.
+//!
+//! The kernel resolves the inode, so there is nothing to race: LSM hooks (`path_unlink`,
+//! `path_rmdir`, `path_rename`, `path_truncate`, `file_truncate` where the kernel has it,
+//! `path_link`) stop a thread that is about to destroy a protected object (SIGSTOP and
+//! -ERESTARTNOINTR) and report the hold on a ring buffer. A decision is written to the
+//! `DECISIONS` map for that exact hold and the process is continued: the restarted call finds it
+//! and goes on or fails with EPERM. Standing per-process decisions live in the kernel too
+//! (`STANDING`), so `rm -rf` of a protected tree costs one decision and no further round trips.
+
+use std::collections::HashMap as StdHashMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, MapData, MapError, RingBuf};
+use aya::programs::{BtfTracePoint, Lsm, ProgramError};
+use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
+use guard_common::files::{
+    Decision, HoldRecord, InodeKey, StandingKey, HOLD_ANCESTOR, HOLD_LINK, HOLD_RENAME_TARGET,
+    MAX_NAMES, MAX_ROOTS, NAME_LEN, OP_RENAME, OP_RMDIR, OP_TRUNCATE, OP_UNLINK, SESSION_FILE_HOLD,
+    VERDICT_ALLOW, VERDICT_DENY,
+};
+
+use super::Protection;
+use crate::hold::{
+    Admission, DecideError, Decided, Decider, HoldInfo, Holds, ProcKey, Scope, Verdict,
+};
+use crate::report::Reporter;
+
+/// The LSM hooks of the file hold; `file_truncate` exists from Linux 6.2 on.
+const HOOKS: &[&str] = &[
+    "path_unlink",
+    "path_rmdir",
+    "path_rename",
+    "path_truncate",
+    "path_link",
+    "file_truncate",
+];
+/// Hooks that may be missing on older kernels.
+const OPTIONAL_HOOKS: &[&str] = &["file_truncate"];
+
+/// Errors of the LSM backend.
+#[derive(Debug, thiserror::Error)]
+pub enum LsmError {
+    /// No BTF.
+    #[error("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux)")]
+    Btf(#[source] BtfError),
+    /// Object load failed.
+    #[error("cannot load the eBPF object")]
+    Load(#[source] EbpfError),
+    /// A program or map is missing from the object.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// The kernel refused an LSM program.
+    #[error("the kernel refused the BPF LSM program `{name}` (is `bpf` in the lsm= boot parameter? some hosts refuse LSM programs even then)")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("eBPF map `{name}`")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: MapError,
+    },
+    /// Too many protected roots.
+    #[error("the LSM backend supports at most {MAX_ROOTS} protected roots")]
+    TooManyRoots,
+    /// stat of a protected path failed.
+    #[error("stat {path}: {source}")]
+    Stat {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> LsmError {
+    move |source| LsmError::Map { name, source }
+}
+
+/// Converts a userspace `st_dev` to the kernel's `s_dev` encoding.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | minor
+}
+
+fn load_object(btf: &Btf) -> Result<Ebpf, LsmError> {
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .load(crate::exec::EBPF_OBJECT)
+        .map_err(LsmError::Load)
+}
+
+fn hook_exists(btf: &Btf, hook: &str) -> bool {
+    btf.id_by_type_name_kind(&format!("bpf_lsm_{hook}"), aya_obj::btf::BtfKind::Func)
+        .is_ok()
+}
+
+/// Whether this kernel loads BPF LSM programs: tries to load one (the lsm list proves nothing).
+pub fn probe() -> Result<(), LsmError> {
+    let btf = Btf::from_sys_fs().map_err(LsmError::Btf)?;
+    let mut ebpf = load_object(&btf)?;
+    let p: &mut Lsm = ebpf
+        .program_mut("path_unlink")
+        .ok_or(LsmError::Missing("program path_unlink"))?
+        .try_into()
+        .map_err(|source| LsmError::Program {
+            name: "path_unlink",
+            source,
+        })?;
+    p.load("path_unlink", &btf)
+        .map_err(|source| LsmError::Program {
+            name: "path_unlink",
+            source,
+        })
+}
+
+/// A thread stopped on a hold.
+#[derive(Debug)]
+pub struct LsmPending {
+    tid: u32,
+    pid: u32,
+    seq: u64,
+}
+
+struct Maps {
+    sessions: HashMap<MapData, u64, u32>,
+    dirs: HashMap<MapData, InodeKey, u32>,
+    inodes: HashMap<MapData, InodeKey, u32>,
+    ancestors: HashMap<MapData, InodeKey, u32>,
+    decisions: HashMap<MapData, u32, Decision>,
+    standing: HashMap<MapData, StandingKey, u32>,
+}
+
+/// The LSM file hold of one session.
+pub struct LsmSupervisor {
+    session: String,
+    prot: Arc<Protection>,
+    holds: Holds<LsmPending>,
+    report: Arc<Reporter>,
+    maps: Mutex<Maps>,
+    events: Mutex<RingBuf<MapData>>,
+    ancestor_paths: StdHashMap<(u32, u64), PathBuf>,
+    /// Owns the programs and links; last, so maps close first.
+    _ebpf: Ebpf,
+}
+
+fn take<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    f: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, LsmError> {
+    let m = ebpf.take_map(name).ok_or(LsmError::Missing(name))?;
+    f(m).map_err(map_err(name))
+}
+
+fn key(path: &std::path::Path) -> Result<InodeKey, LsmError> {
+    let md = std::fs::symlink_metadata(path).map_err(|source| LsmError::Stat {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(InodeKey {
+        dev: kernel_dev(md.dev()),
+        _pad: 0,
+        ino: md.ino(),
+    })
+}
+
+/// Mount points strictly below `root` (their file systems' roots end a `d_parent` walk).
+fn mounts_below(root: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    mi.lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+        .filter(|m| m != root && m.starts_with(root))
+        .collect()
+}
+
+impl LsmSupervisor {
+    /// Loads and attaches the LSM programs and registers the session's cgroup and protection.
+    pub fn load(
+        session: &str,
+        prot: Arc<Protection>,
+        report: Arc<Reporter>,
+        cgroup_id: u64,
+    ) -> Result<Self, LsmError> {
+        if prot.roots().len() > MAX_ROOTS as usize {
+            return Err(LsmError::TooManyRoots);
+        }
+        let btf = Btf::from_sys_fs().map_err(LsmError::Btf)?;
+        let mut ebpf = load_object(&btf)?;
+        for &hook in HOOKS {
+            if OPTIONAL_HOOKS.contains(&hook) && !hook_exists(&btf, hook) {
+                tracing::info!(hook, "LSM hook not in this kernel; skipped");
+                continue;
+            }
+            let err = |source| LsmError::Program { name: hook, source };
+            let p: &mut Lsm = ebpf
+                .program_mut(hook)
+                .ok_or(LsmError::Missing("an LSM program"))?
+                .try_into()
+                .map_err(err)?;
+            p.load(hook, &btf).map_err(err)?;
+            p.attach().map_err(err)?;
+        }
+        {
+            let name = "sched_process_exit";
+            let err = |source| LsmError::Program { name, source };
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(LsmError::Missing(name))?
+                .try_into()
+                .map_err(err)?;
+            p.load(name, &btf).map_err(err)?;
+            p.attach().map_err(err)?;
+        }
+        let mut maps = Maps {
+            sessions: take(&mut ebpf, "SESSION_CGROUPS", HashMap::try_from)?,
+            dirs: take(&mut ebpf, "PROT_DIRS", HashMap::try_from)?,
+            inodes: take(&mut ebpf, "PROT_INODES", HashMap::try_from)?,
+            ancestors: take(&mut ebpf, "PROT_ANCESTORS", HashMap::try_from)?,
+            decisions: take(&mut ebpf, "DECISIONS", HashMap::try_from)?,
+            standing: take(&mut ebpf, "STANDING", HashMap::try_from)?,
+        };
+        let events = take(&mut ebpf, "HOLD_EVENTS", RingBuf::try_from)?;
+        let mut ancestor_paths = StdHashMap::new();
+        for (i, r) in prot.roots().iter().enumerate() {
+            let i = i as u32;
+            maps.dirs
+                .insert(key(r)?, i, 0)
+                .map_err(map_err("PROT_DIRS"))?;
+            for m in mounts_below(r) {
+                if let Ok(k) = key(&m) {
+                    maps.dirs.insert(k, i, 0).map_err(map_err("PROT_DIRS"))?;
+                }
+            }
+            let mut a = r.parent();
+            while let Some(p) = a {
+                let k = key(p)?;
+                maps.ancestors
+                    .insert(k, i, 0)
+                    .map_err(map_err("PROT_ANCESTORS"))?;
+                ancestor_paths.insert((k.dev, k.ino), p.to_path_buf());
+                a = p.parent();
+            }
+        }
+        for ((dev, ino), root) in prot.linked_entries() {
+            let k = InodeKey {
+                dev: kernel_dev(dev),
+                _pad: 0,
+                ino,
+            };
+            maps.inodes
+                .insert(k, root as u32, 0)
+                .map_err(map_err("PROT_INODES"))?;
+        }
+        maps.sessions
+            .insert(cgroup_id, SESSION_FILE_HOLD, 0)
+            .map_err(map_err("SESSION_CGROUPS"))?;
+        Ok(LsmSupervisor {
+            session: session.to_string(),
+            prot,
+            holds: Holds::default(),
+            report,
+            maps: Mutex::new(maps),
+            events: Mutex::new(events),
+            ancestor_paths,
+            _ebpf: ebpf,
+        })
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads hold events until `stop` is set.
+    pub fn run(&self, stop: &AtomicBool) {
+        let fd = {
+            let ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            ev.as_fd().as_raw_fd()
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 100) };
+            let mut recs = Vec::new();
+            {
+                let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(item) = ev.next() {
+                    if item.len() >= std::mem::size_of::<HoldRecord>() {
+                        // SAFETY: HoldRecord is Pod and the item is at least its size.
+                        recs.push(unsafe {
+                            std::ptr::read_unaligned(item.as_ptr() as *const HoldRecord)
+                        });
+                    }
+                }
+            }
+            for r in recs {
+                self.on_hold(&r);
+            }
+        }
+    }
+
+    fn describe(&self, r: &HoldRecord) -> (String, PathBuf) {
+        let names = |arr: &[[u8; NAME_LEN]; MAX_NAMES], n: u32| -> Vec<String> {
+            arr.iter()
+                .take((n as usize).min(MAX_NAMES))
+                .map(|b| {
+                    let end = b.iter().position(|&c| c == 0).unwrap_or(NAME_LEN);
+                    String::from_utf8_lossy(&b[..end]).into_owned()
+                })
+                .collect()
+        };
+        let own = names(&r.names, r.names_len);
+        let root = self
+            .prot
+            .roots()
+            .get(r.root as usize)
+            .cloned()
+            .unwrap_or_default();
+        let path = if r.flags & HOLD_ANCESTOR != 0 {
+            self.ancestor_paths
+                .get(&(r.dev, r.ino))
+                .cloned()
+                .unwrap_or_else(|| root.clone())
+        } else if r.flags & HOLD_LINK == 0 && (r.depth as usize) < own.len() {
+            let mut p = root.clone();
+            for n in own[..r.depth as usize].iter().rev() {
+                p.push(n);
+            }
+            p
+        } else {
+            let mut s = String::from("…");
+            for n in own.iter().rev().take_while(|n| n.as_str() != "/") {
+                s.push('/');
+                s.push_str(n);
+            }
+            PathBuf::from(s)
+        };
+        let mut target = path.display().to_string();
+        if r.flags & HOLD_LINK != 0 {
+            target.push_str(&format!(" (another link of a file in {})", root.display()));
+        }
+        if r.op == OP_RENAME {
+            let mut other = String::from("…");
+            for n in names(&r.other_names, r.other_len)
+                .iter()
+                .rev()
+                .take_while(|n| n.as_str() != "/")
+            {
+                other.push('/');
+                other.push_str(n);
+            }
+            target = if r.flags & HOLD_RENAME_TARGET != 0 {
+                format!("{other} -> {target}")
+            } else {
+                format!("{target} -> {other}")
+            };
+        }
+        (target, path)
+    }
+
+    fn on_hold(&self, r: &HoldRecord) {
+        let kind = match r.op {
+            OP_UNLINK => "unlink",
+            OP_RMDIR => "rmdir",
+            OP_RENAME => "rename",
+            OP_TRUNCATE => "truncate",
+            _ => "unknown",
+        };
+        let (target, path) = self.describe(r);
+        let root = r.root as usize;
+        let info = HoldInfo {
+            id: crate::hold::new_id(),
+            session: self.session.clone(),
+            pid: r.pid,
+            ns_pid: crate::files::supervise::ns_pid_of(r.tid),
+            comm: std::fs::read_to_string(format!("/proc/{}/comm", r.tid))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            cmdline: crate::files::supervise::cmdline_of(r.pid),
+            kind,
+            target,
+            rule: format!(
+                "protect {}",
+                self.prot
+                    .roots()
+                    .get(root)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            since: crate::audit::rfc3339_micros(std::time::SystemTime::now()),
+            started: Some(Instant::now()),
+            proc_key: ProcKey::of(r.tid),
+            root: Some(root),
+            path: Some(path),
+        };
+        let p = LsmPending {
+            tid: r.tid,
+            pid: r.pid,
+            seq: r.seq,
+        };
+        match self.holds.hold_or_apply(info.clone(), p) {
+            Admission::Decided(prior, p) => {
+                self.report.applied(&info, prior.verdict, &prior.from_hold);
+                self.carry_out(p, prior.verdict);
+            }
+            Admission::Held(info) => self.report.held(&info),
+        }
+    }
+
+    /// Writes the decision for the thread's hold and continues the process once it has stopped.
+    fn carry_out(&self, p: LsmPending, v: Verdict) {
+        let verdict = if v == Verdict::Allow {
+            VERDICT_ALLOW
+        } else {
+            VERDICT_DENY
+        };
+        let d = Decision {
+            seq: p.seq,
+            verdict,
+            _pad: 0,
+        };
+        if let Err(e) = self.maps().decisions.insert(p.tid, d, 0) {
+            tracing::error!(error = %e, tid = p.tid, "cannot write a decision; the thread stays held");
+            return;
+        }
+        // A SIGCONT that overtook the hook's SIGSTOP would cancel it; wait for the stop first.
+        wait_stopped(p.tid, Duration::from_secs(2));
+        // SAFETY: plain kill.
+        unsafe { libc::kill(p.pid as i32, libc::SIGCONT) };
+    }
+
+    fn finish(&self, decided: Vec<Decided<LsmPending>>, by: &str) {
+        for d in decided {
+            self.report.decided(&d.info, d.verdict, by, d.waited);
+            self.carry_out(d.op, d.verdict);
+        }
+    }
+
+    /// Stops holding for this session (the cgroup is about to go).
+    pub fn unregister(&self, cgroup_id: u64) {
+        let _ = self.maps().sessions.remove(&cgroup_id);
+    }
+}
+
+/// Waits until thread `tid` is stopped (state T or t), at most `max`.
+fn wait_stopped(tid: u32, max: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < max {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+            return;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("");
+        if state == "T" || state == "t" || state == "X" || state == "Z" {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+impl Decider for LsmSupervisor {
+    fn pending(&self) -> Vec<HoldInfo> {
+        self.holds.list()
+    }
+
+    fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        scope: Scope,
+        duration: Option<Duration>,
+        by: &str,
+    ) -> Result<Vec<String>, DecideError> {
+        let decided = self.holds.decide(id, verdict, scope, duration)?;
+        // A per-process decision without an end stands in the kernel: later operations of the
+        // process on the same root need no round trip at all.
+        if scope == Scope::Process && duration.is_none() {
+            if let (Some(first), v) = (decided.first(), verdict) {
+                if let Some(root) = first.info.root {
+                    let k = StandingKey {
+                        tgid: first.info.pid,
+                        root: root as u32,
+                    };
+                    let val = if v == Verdict::Allow {
+                        VERDICT_ALLOW
+                    } else {
+                        VERDICT_DENY
+                    };
+                    if let Err(e) = self.maps().standing.insert(k, val, 0) {
+                        tracing::warn!(error = %e, "standing decision kept in user space only");
+                    }
+                }
+            }
+        }
+        let ids = decided.iter().map(|d| d.info.id.clone()).collect();
+        self.finish(decided, by);
+        Ok(ids)
+    }
+
+    fn expire(&self, timeout: Duration) {
+        self.finish(self.holds.expired(timeout), "timeout");
+    }
+
+    fn end(&self) {
+        self.finish(self.holds.drain(), "session ended");
+    }
+}
