@@ -3,6 +3,7 @@
 mod audit;
 mod cgroup;
 mod control;
+mod doctor;
 mod exec;
 mod files;
 mod hold;
@@ -70,6 +71,12 @@ enum Cmd {
     },
     /// Show the audit log of a session (the newest when none is named).
     Log(audit::LogArgs),
+    /// Check what this host supports (probing by loading programs) and which backend is used.
+    Doctor {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +116,7 @@ fn main() -> ExitCode {
             control::cmd_decide(&id, hold::Verdict::Deny, scope, for_).map_err(|e| (1, e.into()))
         }
         Cmd::Sessions { json } => control::cmd_sessions(json).map_err(|e| (1, e.into())),
+        Cmd::Doctor { json } => Ok(doctor::cmd_doctor(json)),
         Cmd::Log(a) => audit::cmd_log(&a).map_err(|e| (1, anyhow::Error::from(e))),
     };
     match res {
