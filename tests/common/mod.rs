@@ -274,8 +274,22 @@ pub fn chown_tree(p: &Path) {
     }
 }
 
-/// Compiles tests/progs/NAME.c once per test binary; returns the executable's path.
+/// Extra link flags of a helper program.
+pub fn prog_libs(name: &str) -> &'static [&'static str] {
+    match name {
+        "uring_unlinkat" => &["-luring"],
+        _ => &[],
+    }
+}
+
+/// Compiles tests/progs/NAME.c once per test binary; returns the executable's path. Inside the
+/// VM (no compiler there) the programs come prebuilt from `$GUARD_PROGS_DIR`.
 pub fn prog(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("GUARD_PROGS_DIR") {
+        let p = PathBuf::from(dir).join(name);
+        assert!(p.exists(), "{} is missing from GUARD_PROGS_DIR", p.display());
+        return p;
+    }
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let d = tempfile::Builder::new()
@@ -296,6 +310,7 @@ pub fn prog(name: &str) -> PathBuf {
             .args(["-O2", "-pthread", "-o"])
             .arg(&out)
             .arg(&src)
+            .args(prog_libs(name))
             .status()
             .expect("run cc (install gcc)");
         assert!(st.success(), "compiling {} failed", src.display());
