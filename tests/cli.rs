@@ -323,10 +323,25 @@ fn doctor_reports_the_backend_and_lsm_refusal_gives_125() {
     let out = w.cmd(&["doctor", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let lsm = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "bpf lsm programs").unwrap().clone();
+    let lsm = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bpf lsm programs")
+        .unwrap()
+        .clone();
     let marker = w.work.join("ran");
     let run_lsm = w
-        .cmd(&["run", "--user", "nobody", "--backend", "lsm", "--", "touch", marker.to_str().unwrap()])
+        .cmd(&[
+            "run",
+            "--user",
+            "nobody",
+            "--backend",
+            "lsm",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     if lsm["ok"] == true {
@@ -337,13 +352,20 @@ fn doctor_reports_the_backend_and_lsm_refusal_gives_125() {
         assert_eq!(v["backend"], "seccomp");
         assert!(lsm["detail"].as_str().unwrap().contains("refused"), "{lsm}");
         assert_eq!(run_lsm.status.code(), Some(125), "{}", text(&run_lsm));
-        assert!(String::from_utf8_lossy(&run_lsm.stderr).contains("--backend lsm"), "{}", text(&run_lsm));
+        assert!(
+            String::from_utf8_lossy(&run_lsm.stderr).contains("--backend lsm"),
+            "{}",
+            text(&run_lsm)
+        );
         assert!(!marker.exists());
         // auto falls back to seccomp and says why in the audit log.
         let out = w.run("auto", &[], &[], "true").finish(T);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         let start = &w.log("auto")[0];
         assert_eq!(start["backend"], "seccomp");
-        assert!(start["lsm_refused"].as_str().unwrap().contains("refused"), "{start}");
+        assert!(
+            start["lsm_refused"].as_str().unwrap().contains("refused"),
+            "{start}"
+        );
     }
 }

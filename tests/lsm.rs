@@ -22,13 +22,19 @@ fn lsm_available() -> bool {
     if !common::privileged() {
         return false;
     }
-    let out = std::process::Command::new(common::bin()).args(["doctor", "--json"]).output().unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     if v["backend"] == "lsm" {
         return true;
     }
     if std::env::var_os("GUARD_IN_VM").is_some() {
-        panic!("BPF LSM programs do not load in the test VM: {}", String::from_utf8_lossy(&out.stdout));
+        panic!(
+            "BPF LSM programs do not load in the test VM: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     eprintln!("SKIP: this kernel refuses BPF LSM programs (run `cargo xtask vm-test`)");
     false
@@ -41,7 +47,12 @@ fn decide_first(w: &World, session: &str, verb: &str) -> serde_json::Value {
 }
 
 /// Runs `script` under the LSM backend, denying every hold once; returns (holds, output).
-fn deny_all(w: &World, session: &str, prot: &Path, script: &str) -> (Vec<serde_json::Value>, std::process::Output) {
+fn deny_all(
+    w: &World,
+    session: &str,
+    prot: &Path,
+    script: &str,
+) -> (Vec<serde_json::Value>, std::process::Output) {
     let mut r = w.run(session, &[prot], LSM, script);
     let mut seen = Vec::new();
     let t0 = Instant::now();
@@ -67,18 +78,36 @@ fn lsm_rm_of_protected_file_is_held_until_denied_then_approved() {
     let w = World::new();
     let prot = w.dir("prod");
     let f = w.file("prod/db", "precious");
-    let r = w.run("lsm-deny", &[&prot], LSM, &format!("rm {}; echo rc=$?", f.display()));
+    let r = w.run(
+        "lsm-deny",
+        &[&prot],
+        LSM,
+        &format!("rm {}; echo rc=$?", f.display()),
+    );
     let h = decide_first(&w, "lsm-deny", "deny");
     assert_eq!(h["kind"], "unlink");
     assert_eq!(h["target"], f.display().to_string());
     let out = r.finish(T);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rc=1"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "precious");
 
-    let r = w.run("lsm-appr", &[&prot], LSM, &format!("rm {}; echo rc=$?", f.display()));
+    let r = w.run(
+        "lsm-appr",
+        &[&prot],
+        LSM,
+        &format!("rm {}; echo rc=$?", f.display()),
+    );
     decide_first(&w, "lsm-appr", "approve");
     let out = r.finish(T);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rc=0"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=0"),
+        "{}",
+        text(&out)
+    );
     assert!(!f.exists());
     assert!(w.log("lsm-appr")[0]["backend"] == "lsm");
 }
@@ -100,7 +129,13 @@ fn count(p: &Path) -> usize {
     std::fs::read_dir(p)
         .unwrap()
         .flatten()
-        .map(|e| if e.file_type().unwrap().is_dir() { count(&e.path()) } else { 1 })
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                count(&e.path())
+            } else {
+                1
+            }
+        })
         .sum()
 }
 
@@ -111,20 +146,48 @@ fn lsm_rm_rf_of_a_protected_tree_needs_one_decision_either_way() {
     }
     let w = World::new();
     let root = tree(&w, 1000);
-    let script = format!("mkdir -p {r}/new && touch {r}/new/late; rm -rf {r}; echo rc=$?", r = root.display());
+    let script = format!(
+        "mkdir -p {r}/new && touch {r}/new/late; rm -rf {r}; echo rc=$?",
+        r = root.display()
+    );
     let r = w.run("lsm-tree-deny", &[&root], LSM, &script);
     decide_first(&w, "lsm-tree-deny", "deny");
     let out = r.finish(T);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rc=1"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(count(&root), 1001);
-    assert_eq!(w.log("lsm-tree-deny").iter().filter(|l| l["kind"] == "hold").count(), 1);
+    assert_eq!(
+        w.log("lsm-tree-deny")
+            .iter()
+            .filter(|l| l["kind"] == "hold")
+            .count(),
+        1
+    );
 
-    let r = w.run("lsm-tree-appr", &[&root], LSM, &format!("rm -rf {r}; echo rc=$?", r = root.display()));
+    let r = w.run(
+        "lsm-tree-appr",
+        &[&root],
+        LSM,
+        &format!("rm -rf {r}; echo rc=$?", r = root.display()),
+    );
     decide_first(&w, "lsm-tree-appr", "approve");
     let out = r.finish(T);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rc=0"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=0"),
+        "{}",
+        text(&out)
+    );
     assert!(!root.exists());
-    assert_eq!(w.log("lsm-tree-appr").iter().filter(|l| l["kind"] == "hold").count(), 1);
+    assert_eq!(
+        w.log("lsm-tree-appr")
+            .iter()
+            .filter(|l| l["kind"] == "hold")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -139,21 +202,67 @@ fn lsm_holds_every_destructive_path() {
     let rn = common::prog("renameat2");
     let ft = common::prog("ftrunc");
     let cases: Vec<(&str, &str, String)> = vec![
-        ("rename-away", "rename", format!("mv {} {}/moved", f.display(), w.work.display())),
-        ("rename-over", "rename", format!("mv {} {}", other.display(), f.display())),
-        ("exchange", "rename", format!("{} {} {} exchange", rn.display(), other.display(), f.display())),
-        ("truncate", "truncate", format!("truncate -s 0 {}", f.display())),
+        (
+            "rename-away",
+            "rename",
+            format!("mv {} {}/moved", f.display(), w.work.display()),
+        ),
+        (
+            "rename-over",
+            "rename",
+            format!("mv {} {}", other.display(), f.display()),
+        ),
+        (
+            "exchange",
+            "rename",
+            format!(
+                "{} {} {} exchange",
+                rn.display(),
+                other.display(),
+                f.display()
+            ),
+        ),
+        (
+            "truncate",
+            "truncate",
+            format!("truncate -s 0 {}", f.display()),
+        ),
         ("redirect", "truncate", format!(": > {}", f.display())),
-        ("ftruncate", "truncate", format!("{} {}", ft.display(), f.display())),
-        ("procfd", "unlink", format!("exec 3< {}; rm /proc/self/fd/3/f", prot.display())),
-        ("rename-parent", "rename", format!("mv {} {}/gone", prot.display(), w.work.display())),
+        (
+            "ftruncate",
+            "truncate",
+            format!("{} {}", ft.display(), f.display()),
+        ),
+        (
+            "procfd",
+            "unlink",
+            format!("exec 3< {}; rm /proc/self/fd/3/f", prot.display()),
+        ),
+        (
+            "rename-parent",
+            "rename",
+            format!("mv {} {}/gone", prot.display(), w.work.display()),
+        ),
     ];
     for (name, kind, script) in cases {
         let (holds, out) = deny_all(&w, name, &prot, &script);
-        assert!(!holds.is_empty(), "{name}: nothing was held\n{}", text(&out));
+        assert!(
+            !holds.is_empty(),
+            "{name}: nothing was held\n{}",
+            text(&out)
+        );
         assert_eq!(holds[0]["kind"], kind, "{name}");
-        assert_ne!(out.status.code(), Some(0), "{name}: the command succeeded\n{}", text(&out));
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "keep", "{name}: the protected file changed");
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{name}: the command succeeded\n{}",
+            text(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "keep",
+            "{name}: the protected file changed"
+        );
     }
 }
 
@@ -166,9 +275,17 @@ fn lsm_hard_links_of_protected_files_are_held() {
     let prot = w.dir("p");
     let f = w.file("p/f", "keep");
     let link = w.work.join("l");
-    let script = format!("ln {f} {l} && echo linked; rm {f}; rm {l}; true", f = f.display(), l = link.display());
+    let script = format!(
+        "ln {f} {l} && echo linked; rm {f}; rm {l}; true",
+        f = f.display(),
+        l = link.display()
+    );
     let (holds, out) = deny_all(&w, "lsm-links", &prot, &script);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("linked"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("linked"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(holds.len(), 2, "{holds:?}");
     assert!(f.exists() && link.exists());
 }
@@ -182,17 +299,28 @@ fn lsm_an_early_sigcont_re_traps_and_a_multithreaded_victim_is_held_whole() {
     let prot = w.dir("p");
     let f = w.file("p/f", "keep");
     let tu = common::prog("threads_unlink");
-    let script = format!("{} {} & v=$!; sleep 2; kill -CONT $v; sleep 1; kill -CONT $v; wait $v; echo rc=$?", tu.display(), f.display());
+    let script = format!(
+        "{} {} & v=$!; sleep 2; kill -CONT $v; sleep 1; kill -CONT $v; wait $v; echo rc=$?",
+        tu.display(),
+        f.display()
+    );
     let r = w.run("lsm-cont", &[&prot], LSM, &script);
     let h = w.wait_hold("lsm-cont", T);
     let pid = h["pid"].as_u64().unwrap();
     // Every thread of the victim is stopped.
     std::thread::sleep(Duration::from_millis(500));
-    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().collect();
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert!(tasks.len() >= 4, "{} threads", tasks.len());
     for t in &tasks {
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
-        let state = stat[stat.rfind(')').unwrap() + 2..].split(' ').next().unwrap().to_string();
+        let state = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string();
         assert_eq!(state, "T", "thread {:?} is not stopped", t.file_name());
     }
     // The SIGCONTs from inside re-trap: still one hold, still pending, file still there.
@@ -203,7 +331,11 @@ fn lsm_an_early_sigcont_re_traps_and_a_multithreaded_victim_is_held_whole() {
     assert!(f.exists());
     w.decide("deny", h["id"].as_str().unwrap(), &[]);
     let out = r.finish(T);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rc=1"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
+        "{}",
+        text(&out)
+    );
     assert!(f.exists());
 }
 
@@ -216,7 +348,12 @@ fn lsm_io_uring_unlink_of_a_protected_file_gets_eperm() {
     let prot = w.dir("p");
     let f = w.file("p/f", "keep");
     let p = common::prog("uring_unlinkat");
-    let (holds, out) = deny_all(&w, "lsm-uring", &prot, &format!("{} {}", p.display(), f.display()));
+    let (holds, out) = deny_all(
+        &w,
+        "lsm-uring",
+        &prot,
+        &format!("{} {}", p.display(), f.display()),
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(holds.is_empty());
     assert!(f.exists());
@@ -230,11 +367,19 @@ fn lsm_timeout_denies_and_a_killed_supervisor_leaves_data_and_no_process() {
     let w = World::new();
     let prot = w.dir("p");
     let f = w.file("p/f", "keep");
-    let r = w.run("lsm-tmo", &[&prot], &["--backend", "lsm", "--decision-timeout", "2s"], &format!("rm {}", f.display()));
+    let r = w.run(
+        "lsm-tmo",
+        &[&prot],
+        &["--backend", "lsm", "--decision-timeout", "2s"],
+        &format!("rm {}", f.display()),
+    );
     let out = r.finish(T);
     assert_ne!(out.status.code(), Some(0));
     assert!(f.exists());
-    assert!(w.log("lsm-tmo").iter().any(|l| l["kind"] == "decision" && l["by"] == "timeout"));
+    assert!(w
+        .log("lsm-tmo")
+        .iter()
+        .any(|l| l["kind"] == "decision" && l["by"] == "timeout"));
 
     let r = w.run("lsm-kill", &[&prot], LSM, &format!("rm {}", f.display()));
     let h = w.wait_hold("lsm-kill", T);
@@ -244,7 +389,10 @@ fn lsm_timeout_denies_and_a_killed_supervisor_leaves_data_and_no_process() {
     let _ = r.finish(T);
     let t0 = Instant::now();
     while Path::new(&format!("/proc/{held}")).exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "held process outlived the supervisor");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "held process outlived the supervisor"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(f.exists());

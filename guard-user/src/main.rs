@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod hold;
 mod launch;
+mod profile;
 mod report;
 
 use std::process::ExitCode;
@@ -77,6 +78,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check and show profiles.
+    #[command(subcommand)]
+    Profile(profile::ProfileCmd),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Cmd::Sessions { json } => control::cmd_sessions(json).map_err(|e| (1, e.into())),
         Cmd::Doctor { json } => Ok(doctor::cmd_doctor(json)),
         Cmd::Log(a) => audit::cmd_log(&a).map_err(|e| (1, anyhow::Error::from(e))),
+        Cmd::Profile(c) => Ok(profile::cmd_profile(&c)),
     };
     match res {
         Ok(code) => ExitCode::from(code),

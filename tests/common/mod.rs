@@ -287,7 +287,11 @@ pub fn prog_libs(name: &str) -> &'static [&'static str] {
 pub fn prog(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("GUARD_PROGS_DIR") {
         let p = PathBuf::from(dir).join(name);
-        assert!(p.exists(), "{} is missing from GUARD_PROGS_DIR", p.display());
+        assert!(
+            p.exists(),
+            "{} is missing from GUARD_PROGS_DIR",
+            p.display()
+        );
         return p;
     }
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
