@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libseccomp-dev clang-19 gcc make pkg-config python3 procps coreutils util-linux)
+pkgs=(libseccomp-dev liburing-dev clang-19 gcc make pkg-config python3 procps coreutils util-linux git nodejs busybox-static binutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +20,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# VM tests (cargo xtask vm-test): QEMU 10 and the 6.12 kernel come from bookworm-backports.
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n1)
+  mirror=${mirror:-$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)}
+  mirror=${mirror:-http://deb.debian.org/debian}
+  log "adding bookworm-backports ($mirror) to apt's sources"
+  cat > /etc/apt/sources.list.d/bookworm-backports.sources <<EOF
+Types: deb
+URIs: $mirror
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  apt-get update -qq
+fi
+qemu_major=$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')
+if [ "${qemu_major:-0}" -lt 10 ]; then
+  log "apt-get install -t bookworm-backports qemu-system-x86 (QEMU 10)"
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
 fi
 
 # The eBPF crate needs a nightly toolchain with rust-src. bpf-linker 0.10.3 uses that nightly's

@@ -313,10 +313,9 @@ pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError
         match call(&sock, &Request::Pending) {
             Ok(a) if a.ok => all.extend(a.pending.unwrap_or_default()),
             Ok(a) => return Err(refused(&a)),
-            // A socket left by a supervisor that died: not a live session.
-            Err(ControlError::Io {
-                what: "connect", ..
-            }) if session.is_none() => {}
+            // A socket left by a supervisor that died, or a session ending while we asked: not a
+            // live session (unless it was named).
+            Err(ControlError::Io { .. } | ControlError::Protocol { .. }) if session.is_none() => {}
             Err(e) => return Err(e),
         }
     }
@@ -378,9 +377,7 @@ pub fn cmd_decide(
             }
             Ok(a) if a.unknown == Some(true) => {}
             Ok(a) => return Err(refused(&a)),
-            Err(ControlError::Io {
-                what: "connect", ..
-            }) => {}
+            Err(ControlError::Io { .. } | ControlError::Protocol { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -394,9 +391,7 @@ pub fn cmd_sessions(json: bool) -> Result<u8, ControlError> {
         match call(&sock, &Request::Info) {
             Ok(a) if a.ok => v.extend(a.info),
             Ok(a) => return Err(refused(&a)),
-            Err(ControlError::Io {
-                what: "connect", ..
-            }) => {}
+            Err(ControlError::Io { .. } | ControlError::Protocol { .. }) => {}
             Err(e) => return Err(e),
         }
     }

@@ -275,10 +275,27 @@ impl<T> Holds<T> {
         Ok(out)
     }
 
-    /// Removes and returns the holds waiting longer than `timeout` (they are to be denied).
+    /// Removes and returns the holds waiting longer than `timeout` (they are to be denied). A
+    /// timeout denies like a human's default decision: for the same process and protected root,
+    /// so a held `rm -rf` times out once, not once per file.
     pub fn expired(&self, timeout: Duration) -> Vec<Decided<T>> {
         let now = Instant::now();
         let mut g = self.lock();
+        let stale: Vec<Standing> = g
+            .pending
+            .values()
+            .filter(|(i, _)| i.started.is_some_and(|s| now.duration_since(s) >= timeout))
+            .map(|(i, _)| Standing {
+                verdict: Verdict::Deny,
+                scope: Scope::Process,
+                proc_key: i.proc_key,
+                root: i.root,
+                path: None,
+                expires: None,
+                from_hold: i.id.clone(),
+            })
+            .collect();
+        g.standing.extend(stale);
         let old: Vec<String> = g
             .pending
             .iter()

@@ -43,9 +43,14 @@ pub struct RunArgs {
     /// Session name (letters, digits, `-`, `_`, `.`; at most 64).
     #[arg(long, value_name = "NAME")]
     pub session: Option<String>,
-    /// How long a hold waits for a decision before it is denied (e.g. 30s, 10m).
-    #[arg(long, value_name = "DUR", value_parser = crate::hold::parse_duration, default_value = "10m")]
-    pub decision_timeout: Duration,
+    /// How long a hold waits for a decision before it is denied (e.g. 30s, 10m; default: the
+    /// profile's, else 10m).
+    #[arg(long, value_name = "DUR", value_parser = crate::hold::parse_duration)]
+    pub decision_timeout: Option<Duration>,
+    /// A profile: a name (looked up in ./profiles, ~/.config/sandbox/profiles,
+    /// /etc/sandbox/profiles, then the built-in ones) or a path to a TOML file.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
     /// Run the command as this user (name or uid). Default: the invoking user (SUDO_UID).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
@@ -90,6 +95,9 @@ pub enum RunError {
     /// Audit log.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The profile.
+    #[error("profile: {}", .0.chain())]
+    Profile(#[from] crate::profile::ProfileError),
     /// The BPF LSM backend.
     #[error("--backend lsm")]
     Lsm(#[from] files::lsm::LsmError),
@@ -254,14 +262,150 @@ fn bind_control(dir: &Path, session: &str) -> Result<(UnixListener, PathBuf), Ru
     Ok((l, path))
 }
 
+/// The profile's view of the file system, applied in the session's mount namespace.
+#[derive(Debug, Default, Clone)]
+struct Mounts {
+    read_only: Vec<PathBuf>,
+    writable: Vec<PathBuf>,
+    hidden: Vec<PathBuf>,
+    /// An empty root-owned file of mode 000, bound over hidden files.
+    stub: PathBuf,
+}
+
+impl Mounts {
+    /// Read-only binds (shortest paths first), then writable binds inside them, then hidden
+    /// paths (an empty inaccessible tmpfs over a directory, an inaccessible empty file over a
+    /// file). Paths that do not exist are skipped.
+    fn apply(&self) -> Result<(), String> {
+        use nix::mount::{mount, MsFlags};
+        let bind = |p: &Path| {
+            mount(
+                Some(p),
+                p,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind {}: {e}", p.display()))
+        };
+        let remount = |p: &Path, extra: MsFlags| {
+            mount(
+                None::<&str>,
+                p,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra,
+                None::<&str>,
+            )
+            .map_err(|e| format!("remount {}: {e}", p.display()))
+        };
+        let mut ro = self.read_only.clone();
+        ro.sort_by_key(|p| p.components().count());
+        for p in ro.iter().filter(|p| p.exists()) {
+            bind(p)?;
+            remount(p, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID)?;
+        }
+        let mut rw = self.writable.clone();
+        rw.sort_by_key(|p| p.components().count());
+        for p in rw.iter().filter(|p| p.exists()) {
+            if ro.iter().any(|r| p.starts_with(r)) {
+                bind(p)?;
+                remount(p, MsFlags::MS_NOSUID)?;
+            }
+        }
+        for p in self.hidden.iter() {
+            let Ok(md) = std::fs::symlink_metadata(p) else {
+                continue;
+            };
+            if md.is_dir() {
+                mount(
+                    Some("tmpfs"),
+                    p,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
+                    Some("size=4k,mode=000"),
+                )
+                .map_err(|e| format!("hide {}: {e}", p.display()))?;
+            } else {
+                mount(
+                    Some(&self.stub),
+                    p,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("hide {}: {e}", p.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stand-in for hidden files: `<state dir>/hidden-stub`, empty, root-owned, mode 000.
+fn hidden_stub(state: &Path) -> Result<PathBuf, RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = state.join("hidden-stub");
+    std::fs::write(&p, b"").map_err(sys_io(format!("create {}", p.display())))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000))
+        .map_err(sys_io(format!("chmod {}", p.display())))?;
+    Ok(p)
+}
+
+/// Writes the session's risk statement to a root-owned read-only file the agent can read; its
+/// path goes to the command as `SANDBOX_POLICY`.
+fn write_policy(session: &str, profile: &crate::profile::Resolved) -> Result<PathBuf, RunError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = PathBuf::from("/run/sandbox-policy");
+    std::fs::create_dir_all(&dir).map_err(sys_io(format!("create {}", dir.display())))?;
+    let path = dir.join(format!("{session}.toml"));
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)
+        .map_err(sys_io(format!("create {}", path.display())))?;
+    let mut text = format!("# The risk statement of sandbox session {session} (read-only).\n");
+    text.push_str(&format!("session = {}\n", toml_str(session)));
+    if let Some(d) = &profile.description {
+        text.push_str(&format!("description = {}\n", toml_str(d)));
+    }
+    text.push_str("\n[risk]\n");
+    let ms: Vec<String> = profile
+        .risk
+        .must_survive
+        .iter()
+        .map(|m| toml_str(m))
+        .collect();
+    text.push_str(&format!("must_survive = [{}]\n", ms.join(", ")));
+    if let Some(r) = &profile.risk.rollback {
+        text.push_str(&format!("rollback = {}\n", toml_str(r)));
+    }
+    f.write_all(text.as_bytes())
+        .map_err(sys_io(format!("write {}", path.display())))?;
+    Ok(path)
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
 /// Everything the child needs, prepared by the supervisor before the fork.
 struct ChildPlan {
     ident: Identity,
     cmd: Vec<CString>,
     env: Vec<(OsString, OsString)>,
-    /// The seccomp filter (seccomp backend only).
-    bpf: Option<Vec<u8>>,
-    grants: Vec<(PathBuf, files::landlock::Grant)>,
+    /// The seccomp filter (baseline, plus notifications on the seccomp backend).
+    bpf: Vec<u8>,
+    /// Whether the filter notifies the supervisor (seccomp backend).
+    notify: bool,
+    /// Landlock rules (seccomp backend only; empty: nothing removable).
+    grants: Option<Vec<(PathBuf, files::landlock::Grant)>>,
+    /// Read-only, writable and hidden paths of the profile.
+    mounts: Mounts,
     hide: Vec<PathBuf>,
     chan: OwnedFd,
 }
@@ -273,7 +417,35 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     let ident = identity(args.user.as_deref())?;
     let session = session_name(args.session.as_deref(), &args.cmd)?;
-    let prot = Arc::new(Protection::new(&args.protect)?);
+    let profile = match &args.profile {
+        Some(p) => crate::profile::load(p, &ident.home)?,
+        None => crate::profile::Resolved::empty(),
+    };
+    // Command-line paths must exist; a profile's paths that do not exist here are skipped.
+    let mut protect = args.protect.clone();
+    let mut skipped: Vec<PathBuf> = Vec::new();
+    let pf = &profile.files;
+    for p in pf.protect_paths.iter().chain(&pf.protect_writes_paths) {
+        if p.exists() {
+            protect.push(p.clone());
+        } else {
+            skipped.push(p.clone());
+        }
+    }
+    let mut patterns = pf.protect_patterns.patterns().to_vec();
+    patterns.extend(pf.protect_writes_patterns.patterns().iter().cloned());
+    let patterns = crate::profile::PatternSet::new(&patterns)
+        .map_err(|e| RunError::Usage(format!("profile patterns: {e}")))?;
+    let prot = Arc::new(Protection::with_patterns(&protect, Some(patterns))?);
+    if !pf.protect_writes_paths.is_empty() || !pf.protect_writes_patterns.is_empty() {
+        // Holding every write is not enforced yet: those paths are protected against removal,
+        // renaming and truncation, which is said at start rather than silently.
+        tracing::warn!("protect_writes: writes that do not truncate are not held yet (removal, rename and truncation are)");
+    }
+    let timeout = args
+        .decision_timeout
+        .or(profile.decisions.timeout)
+        .unwrap_or(Duration::from_secs(600));
     // The backend: probe by loading, never by reading the LSM list.
     let (backend, lsm_refused) = match args.backend {
         Backend::Seccomp => (Backend::Seccomp, None),
@@ -281,11 +453,20 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             files::lsm::probe()?;
             (Backend::Lsm, None)
         }
+        Backend::Auto if prot.has_patterns() => (
+            Backend::Seccomp,
+            Some("name patterns are enforced by the seccomp backend only".to_string()),
+        ),
         Backend::Auto => match files::lsm::probe() {
             Ok(()) => (Backend::Lsm, None),
             Err(e) => (Backend::Seccomp, Some(format!("{e}: {}", error_chain(&e)))),
         },
     };
+    if backend == Backend::Lsm && prot.has_patterns() {
+        return Err(RunError::Usage(
+            "--backend lsm does not enforce name patterns (e.g. **/*.tfstate) yet; use --backend seccomp".into(),
+        ));
+    }
     let cmd: Vec<CString> = args
         .cmd
         .iter()
@@ -311,15 +492,20 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     } else {
         "seccomp"
     };
-    let (bpf, grants) = if backend == Backend::Seccomp {
-        let grants = if prot.is_empty() {
-            Vec::new()
-        } else {
-            files::landlock::grants(&prot)
-        };
-        (Some(files::seccomp::build()?), grants)
-    } else {
-        (None, Vec::new())
+    let mut fopts = files::seccomp::FilterOpts {
+        notify: backend == Backend::Seccomp,
+        allow_io_uring: profile.process.allow_io_uring,
+        allow: profile.process.allow_syscalls.clone(),
+        deny: profile.process.deny_syscalls.clone(),
+    };
+    if backend == Backend::Lsm {
+        fopts.notify = false;
+    }
+    let bpf = files::seccomp::build(&fopts)?;
+    let grants = match backend {
+        Backend::Seccomp if prot.has_patterns() => Some(Vec::new()),
+        Backend::Seccomp if !prot.is_empty() => Some(files::landlock::grants(&prot)),
+        _ => None,
     };
     let started = crate::audit::rfc3339_micros(std::time::SystemTime::now());
     let cmd_str: Vec<String> = args
@@ -331,18 +517,37 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     report.record(
         "session_start",
         json!({"command": cmd_str, "user": ident.name, "uid": ident.uid, "gid": ident.gid,
-               "protected": prot.roots(), "backend": backend_name, "lsm_refused": lsm_refused, "decision_timeout_s": args.decision_timeout.as_secs_f64(),
+               "protected": prot.roots(), "backend": backend_name, "lsm_refused": lsm_refused, "decision_timeout_s": timeout.as_secs_f64(),
+               "profile": args.profile, "profile_sources": profile.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+               "risk": {"must_survive": profile.risk.must_survive, "rollback": profile.risk.rollback},
+               "protect_patterns": profile.files.protect_patterns.patterns(), "skipped_missing": skipped,
+               "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
                "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
     );
     if !args.quiet {
+        let pats = profile.files.protect_patterns.patterns().len();
         eprintln!(
-            "sandbox: session {session} as {} (backend {}, {} protected path{}); decide holds with `sudo sandbox pending`",
+            "sandbox: session {session} as {} (profile {}, backend {}, {} protected path{}{}); decide holds with `sudo sandbox pending`",
             ident.name,
+            args.profile.as_deref().unwrap_or("none"),
             if backend == Backend::Lsm { "lsm" } else { "seccomp+landlock" },
             prot.roots().len(),
-            if prot.roots().len() == 1 { "" } else { "s" }
+            if prot.roots().len() == 1 { "" } else { "s" },
+            if pats > 0 { format!(", {pats} pattern{}", if pats == 1 { "" } else { "s" }) } else { String::new() },
         );
+        if !profile.risk.is_empty() {
+            eprintln!(
+                "sandbox: must survive: {}; rollback: {}",
+                if profile.risk.must_survive.is_empty() {
+                    "-".to_string()
+                } else {
+                    profile.risk.must_survive.join(", ")
+                },
+                profile.risk.rollback.as_deref().unwrap_or("-")
+            );
+        }
     }
+    let policy_file = write_policy(&session, &profile)?;
 
     let lsm = if backend == Backend::Lsm {
         Some(Arc::new(files::lsm::LsmSupervisor::load(
@@ -367,10 +572,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         .filter(|(k, _)| {
             !matches!(
                 k.to_str(),
-                Some("HOME" | "USER" | "LOGNAME" | "SANDBOX_SESSION")
+                Some("HOME" | "USER" | "LOGNAME" | "SANDBOX_SESSION" | "SANDBOX_POLICY")
             )
         })
+        .filter(|(k, _)| k.to_str().is_none_or(|k| profile.process.keeps_env(k)))
         .collect();
+    env.push((
+        "SANDBOX_POLICY".into(),
+        policy_file.clone().into_os_string(),
+    ));
     env.push(("HOME".into(), ident.home.clone().into_os_string()));
     env.push(("USER".into(), ident.name.clone().into()));
     env.push(("LOGNAME".into(), ident.name.clone().into()));
@@ -381,7 +591,14 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         cmd,
         env,
         bpf,
+        notify: fopts.notify,
         grants,
+        mounts: Mounts {
+            read_only: profile.files.read_only.clone(),
+            writable: profile.files.writable.clone(),
+            hidden: profile.files.hidden.clone(),
+            stub: hidden_stub(&state)?,
+        },
         hide: vec![state.clone(), log_dir.clone()],
         chan: child_end,
     };
@@ -494,7 +711,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             .map_err(sys_io("spawn"))?;
     }
     let timer_thread = {
-        let (sup, stop, timeout) = (decider.clone(), stop.clone(), args.decision_timeout);
+        let (sup, stop) = (decider.clone(), stop.clone());
         std::thread::Builder::new()
             .name("timeout".into())
             .spawn(move || {
@@ -560,6 +777,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     );
     drop(cg_guard);
     drop(cleanup_sock);
+    let _ = std::fs::remove_file(&policy_file);
     Ok(code)
 }
 
@@ -723,6 +941,11 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan) -> ! {
     if let Err(e) = mount(Some("proc"), "/proc", Some("proc"), nsx, None::<&str>) {
         child_fail("mount /proc", e);
     }
+    // The profile's mounts come before the state directory is hidden: hidden files are covered
+    // by a stand-in that lives there.
+    if let Err(e) = plan.mounts.apply() {
+        child_fail("profile mounts", e);
+    }
     for dir in &plan.hide {
         if dir.is_dir() {
             if let Err(e) = mount(
@@ -812,13 +1035,12 @@ fn command_main(plan: ChildPlan, init_chan: OwnedFd) -> ! {
         let empty: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
-    let ruleset = if plan.grants.is_empty() {
-        None
-    } else {
-        match files::landlock::prepare(&plan.grants) {
+    let ruleset = match &plan.grants {
+        None => None,
+        Some(g) => match files::landlock::prepare(g) {
             Ok(r) => Some(r),
             Err(e) => child_fail("landlock", e),
-        }
+        },
     };
     let id = &plan.ident;
     // Drop every capability from the bounding set while we still may.
@@ -858,9 +1080,9 @@ fn command_main(plan: ChildPlan, init_chan: OwnedFd) -> ! {
             child_fail("landlock", e);
         }
     }
-    match &plan.bpf {
-        Some(bpf) => {
-            let listener = match files::seccomp::load(bpf) {
+    match plan.notify {
+        true => {
+            let listener = match files::seccomp::load(&plan.bpf) {
                 Ok(fd) => fd,
                 Err(e) => child_fail("seccomp", e),
             };
@@ -877,7 +1099,10 @@ fn command_main(plan: ChildPlan, init_chan: OwnedFd) -> ! {
             // own holds.
             drop(listener);
         }
-        None => {
+        false => {
+            if let Err(e) = files::seccomp::load_plain(&plan.bpf) {
+                child_fail("seccomp", e);
+            }
             if let Err(e) = socket::send(plan.chan.as_raw_fd(), b"r", MsgFlags::empty()) {
                 child_fail("report readiness", e);
             }

@@ -77,11 +77,23 @@ pub struct Protection {
     ancestors: HashSet<PathBuf>,
     /// Protected inodes with more than one hard link: (st_dev, st_ino) -> root index.
     linked: Mutex<HashMap<(u64, u64), usize>>,
+    /// Name patterns (`**/*.tfstate`, `**/.git`): they protect matching paths anywhere, so
+    /// Landlock grants nothing and the supervisor performs every removal itself.
+    patterns: Option<crate::profile::PatternSet>,
 }
 
 impl Protection {
     /// Canonicalizes `paths` (each must exist) and drops roots nested inside other roots.
+    #[cfg(test)]
     pub fn new(paths: &[PathBuf]) -> Result<Self, FilesError> {
+        Self::with_patterns(paths, None)
+    }
+
+    /// Like [`Protection::new`], plus name patterns.
+    pub fn with_patterns(
+        paths: &[PathBuf],
+        patterns: Option<crate::profile::PatternSet>,
+    ) -> Result<Self, FilesError> {
         let mut roots: Vec<PathBuf> = Vec::new();
         for p in paths {
             let c = std::fs::canonicalize(p).map_err(|source| FilesError::Protect {
@@ -109,6 +121,7 @@ impl Protection {
             roots: outer,
             ancestors,
             linked: Mutex::new(HashMap::new()),
+            patterns: patterns.filter(|p| !p.is_empty()),
         };
         prot.scan_links();
         Ok(prot)
@@ -121,7 +134,26 @@ impl Protection {
 
     /// True when nothing is protected.
     pub fn is_empty(&self) -> bool {
-        self.roots.is_empty()
+        self.roots.is_empty() && self.patterns.is_none()
+    }
+
+    /// True when name patterns protect paths anywhere (the supervisor performs every removal).
+    pub fn has_patterns(&self) -> bool {
+        self.patterns.is_some()
+    }
+
+    /// The pseudo root index of pattern matches (one past the real roots).
+    pub fn pattern_root(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// What protects root index `i`, for people: the root's path or the patterns.
+    pub fn describe_root(&self, i: usize) -> String {
+        match (self.roots.get(i), &self.patterns) {
+            (Some(r), _) => format!("protect {}", r.display()),
+            (None, Some(p)) => format!("protect pattern {}", p.patterns().join(", ")),
+            (None, None) => "protect".into(),
+        }
     }
 
     /// Proper ancestors of the protected roots.
@@ -134,11 +166,18 @@ impl Protection {
         if let Some(i) = self.roots.iter().position(|r| path.starts_with(r)) {
             return Class::Protected(i);
         }
+        if let Some(p) = &self.patterns {
+            if p.covers(path) {
+                return Class::Protected(self.roots.len());
+            }
+        }
         if let Some(i) = self.roots.iter().position(|r| r.starts_with(path)) {
             return Class::AncestorOfRoot(i);
         }
         match path.parent() {
             Some(parent) if self.ancestors.contains(parent) => Class::InAncestorDir,
+            // With patterns Landlock grants nothing: the supervisor performs every removal.
+            _ if self.patterns.is_some() => Class::InAncestorDir,
             _ => Class::Free,
         }
     }
@@ -205,6 +244,7 @@ mod tests {
             roots,
             ancestors,
             linked: Mutex::new(HashMap::new()),
+            patterns: None,
         }
     }
 

@@ -35,35 +35,127 @@ pub const HELD: &[&str] = &[
 ];
 /// System calls that go to the supervisor when their flags argument has O_TRUNC: (name, arg index).
 pub const HELD_IF_TRUNC: &[(&str, u32)] = &[("open", 1), ("openat", 2)];
-/// System calls refused with EPERM: io_uring operations are invisible to seccomp.
-pub const REFUSED: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
+/// io_uring: its operations are invisible to seccomp, so it is refused unless a profile allows it
+/// (on the LSM backend the hooks see io_uring workers and refuse them).
+pub const IO_URING: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
+
+/// The escape-relevant system calls every session refuses with EPERM (the baseline): loading
+/// programs into the kernel, changing mounts, leaving the namespaces, keyrings, userfaultfd,
+/// raw I/O ports, swap and reboot. `ptrace`, `unshare` and `clone` are limited by argument.
+pub const BASELINE_DENY: &[&str] = &[
+    "bpf",
+    "perf_event_open",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "mount_setattr",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "userfaultfd",
+    "setns",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "iopl",
+    "ioperm",
+    "acct",
+    "quotactl",
+    "lookup_dcookie",
+    "syslog",
+    "vhangup",
+];
+
+/// What the filter does besides the baseline.
+#[derive(Debug, Clone, Default)]
+pub struct FilterOpts {
+    /// Send the file-destroying calls to the supervisor (seccomp backend).
+    pub notify: bool,
+    /// Let io_uring be set up (never on the seccomp backend).
+    pub allow_io_uring: bool,
+    /// Baseline calls the profile allows after all.
+    pub allow: Vec<String>,
+    /// Further calls the profile refuses.
+    pub deny: Vec<String>,
+}
 
 fn err(e: impl std::fmt::Display) -> FilesError {
     FilesError::Seccomp(e.to_string())
 }
 
-/// Builds the filter as classic BPF bytes (loaded later with [`load`]).
-pub fn build() -> Result<Vec<u8>, FilesError> {
+/// Builds the filter as classic BPF bytes (loaded later with [`load`] or [`load_plain`]).
+pub fn build(opts: &FilterOpts) -> Result<Vec<u8>, FilesError> {
     let mut f = ScmpFilterContext::new(ScmpAction::Allow).map_err(err)?;
     f.set_act_badarch(ScmpAction::Errno(libc::EPERM))
         .map_err(err)?;
-    for name in HELD {
-        let sc = ScmpSyscall::from_name(name).map_err(err)?;
-        f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
+    if opts.notify {
+        for name in HELD {
+            let sc = ScmpSyscall::from_name(name).map_err(err)?;
+            f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
+        }
+        for (name, arg) in HELD_IF_TRUNC {
+            let sc = ScmpSyscall::from_name(name).map_err(err)?;
+            let cmp = ScmpArgCompare::new(
+                *arg,
+                ScmpCompareOp::MaskedEqual(libc::O_TRUNC as u64),
+                libc::O_TRUNC as u64,
+            );
+            f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp])
+                .map_err(err)?;
+        }
     }
-    for (name, arg) in HELD_IF_TRUNC {
-        let sc = ScmpSyscall::from_name(name).map_err(err)?;
-        let cmp = ScmpArgCompare::new(
-            *arg,
-            ScmpCompareOp::MaskedEqual(libc::O_TRUNC as u64),
-            libc::O_TRUNC as u64,
-        );
-        f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp])
-            .map_err(err)?;
+    let eperm = ScmpAction::Errno(libc::EPERM);
+    let allowed = |name: &str| opts.allow.iter().any(|a| a == name);
+    let mut deny: Vec<&str> = BASELINE_DENY.to_vec();
+    if !opts.allow_io_uring || opts.notify {
+        deny.extend_from_slice(IO_URING);
     }
-    for name in REFUSED {
+    deny.retain(|d| !allowed(d));
+    if opts.notify {
+        // On the seccomp backend io_uring would bypass the hold: no profile can allow it there.
+        deny.extend_from_slice(IO_URING);
+    }
+    deny.extend(opts.deny.iter().map(String::as_str));
+    deny.sort_unstable();
+    deny.dedup();
+    for name in deny {
         let sc = ScmpSyscall::from_name(name).map_err(err)?;
-        f.add_rule(ScmpAction::Errno(libc::EPERM), sc)
+        f.add_rule(eperm, sc).map_err(err)?;
+    }
+    if !allowed("ptrace") {
+        // Tracing one's own children (PTRACE_TRACEME, as debuggers start them) stays possible;
+        // attaching to any other process does not.
+        let sc = ScmpSyscall::from_name("ptrace").map_err(err)?;
+        for req in [libc::PTRACE_ATTACH as u64, 0x4206 /* PTRACE_SEIZE */] {
+            let cmp = ScmpArgCompare::new(0, ScmpCompareOp::Equal, req);
+            f.add_rule_conditional(eperm, sc, &[cmp]).map_err(err)?;
+        }
+    }
+    if !allowed("unshare") {
+        // A new user namespace would hand the sandbox capabilities inside it.
+        let user = libc::CLONE_NEWUSER as u64;
+        for name in ["unshare", "clone"] {
+            let sc = ScmpSyscall::from_name(name).map_err(err)?;
+            let cmp = ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(user), user);
+            f.add_rule_conditional(eperm, sc, &[cmp]).map_err(err)?;
+        }
+        // clone3 passes its flags in memory, out of seccomp's sight: ENOSYS makes libc fall back
+        // to clone, whose flags are checked above.
+        let sc = ScmpSyscall::from_name("clone3").map_err(err)?;
+        f.add_rule(ScmpAction::Errno(libc::ENOSYS), sc)
             .map_err(err)?;
     }
     let memfd =
@@ -97,6 +189,17 @@ pub fn build() -> Result<Vec<u8>, FilesError> {
 /// Loads a filter built by [`build`] on the calling thread and returns the notification fd.
 /// no_new_privs must be set (or the caller must have CAP_SYS_ADMIN).
 pub fn load(bpf: &[u8]) -> Result<OwnedFd, FilesError> {
+    let fd = install(bpf, FLAG_NEW_LISTENER | FLAG_WAIT_KILLABLE_RECV)?;
+    // SAFETY: with NEW_LISTENER the kernel returned a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Loads a filter built by [`build`] without notifications (no listener).
+pub fn load_plain(bpf: &[u8]) -> Result<(), FilesError> {
+    install(bpf, 0).map(|_| ())
+}
+
+fn install(bpf: &[u8], flags: libc::c_ulong) -> Result<i64, FilesError> {
     let insns: Vec<libc::sock_filter> = bpf
         .chunks_exact(8)
         .map(|c| libc::sock_filter {
@@ -111,22 +214,21 @@ pub fn load(bpf: &[u8]) -> Result<OwnedFd, FilesError> {
         filter: insns.as_ptr() as *mut libc::sock_filter,
     };
     // SAFETY: prog points to a valid filter that outlives the call.
-    let fd = unsafe {
+    let r = unsafe {
         libc::syscall(
             libc::SYS_seccomp,
             SET_MODE_FILTER,
-            FLAG_NEW_LISTENER | FLAG_WAIT_KILLABLE_RECV,
+            flags,
             &prog as *const libc::sock_fprog,
         )
     };
-    if fd < 0 {
+    if r < 0 {
         return Err(FilesError::Sys {
-            what: "seccomp(SET_MODE_FILTER, NEW_LISTENER|WAIT_KILLABLE_RECV)",
+            what: "seccomp(SET_MODE_FILTER)",
             source: io::Error::last_os_error(),
         });
     }
-    // SAFETY: the kernel returned a new fd that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Ok(r)
 }
 
 /// `struct seccomp_data`.

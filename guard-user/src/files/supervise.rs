@@ -386,6 +386,16 @@ impl Supervisor {
                     self.answer(n.id, perform(&op, &creds));
                 }
             }
+            // git manages its own repository: a `.git` name pattern does not hold git itself.
+            Action::Hold { op, root, path, .. }
+                if root == self.prot.pattern_root() && in_git_dir(&path) && is_git(n.pid) =>
+            {
+                if let Ok(creds) = Creds::of(n.pid) {
+                    if self.listener.valid(n.id) {
+                        self.answer(n.id, perform(&op, &creds));
+                    }
+                }
+            }
             Action::Hold {
                 op,
                 kind,
@@ -452,6 +462,10 @@ impl Supervisor {
             return Ok(Action::Continue);
         }
         let at = resolve::target_entry(pid, dirfd, path.as_bytes())?;
+        if fstatat(at.dir.fd.as_raw_fd(), &at.name).is_err() {
+            // Nothing there: nothing to destroy (the kernel answers ENOENT).
+            return Ok(Action::Continue);
+        }
         let kind = if flags & libc::AT_REMOVEDIR != 0 {
             "rmdir"
         } else {
@@ -641,7 +655,7 @@ impl Supervisor {
             cmdline: cmdline_of(pid),
             kind,
             target,
-            rule: format!("protect {}", self.prot.roots()[root].display()),
+            rule: self.prot.describe_root(root),
             since: crate::audit::rfc3339_micros(std::time::SystemTime::now()),
             started: Some(Instant::now()),
             proc_key: ProcKey::of(n.pid),
@@ -750,6 +764,29 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
         return Err(io::Error::last_os_error());
     }
     Ok(st)
+}
+
+/// True when the path is a `.git` directory or lies inside one.
+fn in_git_dir(p: &Path) -> bool {
+    p.components().any(|c| c.as_os_str() == ".git")
+}
+
+/// True when thread `tid` runs git itself: an executable named `git` (or one of git's helpers
+/// in a `git-core` directory) that root owns and nobody else may write, in a directory likewise,
+/// so the sandbox cannot have put it there.
+fn is_git(tid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(exe) = std::fs::read_link(format!("/proc/{tid}/exe")) else {
+        return false;
+    };
+    let named = exe.file_name().is_some_and(|n| n == "git")
+        || exe
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "git-core");
+    let root_only =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    named && root_only(&exe) && exe.parent().is_some_and(root_only)
 }
 
 fn fd_access_mode(pid: u32, fd: i32) -> io::Result<i32> {

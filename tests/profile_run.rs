@@ -1,0 +1,212 @@
+//! Profiles enforced in a real session (seccomp backend on this host).
+
+// Tests fail loudly on any unexpected error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{privileged, text, World};
+
+const T: Duration = Duration::from_secs(60);
+
+fn profile(w: &World, body: &str) -> String {
+    let p = w.work.join("p.toml");
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn a_profile_hides_protects_and_confines() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let secret = w.file("secret/key", "s3cr3t");
+    let ro = w.file("ro/file", "ro");
+    w.dir("ro/rw");
+    let esc = common::prog("escapes");
+    let p = profile(
+        &w,
+        &format!(
+            r#"description = "test"
+[risk]
+must_survive = ["the test data"]
+rollback = "none needed"
+[files]
+hidden = ["{secret}"]
+read_only = ["{ro}"]
+writable = ["{rw}"]
+protect = ["**/*.tfstate"]
+[process]
+env_drop = ["GUARD_TEST_SECRET"]
+"#,
+            secret = secret.parent().unwrap().display(),
+            ro = ro.parent().unwrap().display(),
+            rw = w.work.join("ro/rw").display()
+        ),
+    );
+    let script = format!(
+        "cat {secret} 2>/dev/null && echo SECRET-READ; ls {sdir} | wc -l; \
+         echo x > {ro} 2>/dev/null && echo RO-WRITTEN; echo y > {rw}/new && echo rw-ok; \
+         {esc}; echo env=${{GUARD_TEST_SECRET:-absent}}; cat $SANDBOX_POLICY; \
+         grep -E '^(NoNewPrivs|CapEff)' /proc/self/status",
+        secret = secret.display(),
+        sdir = secret.parent().unwrap().display(),
+        ro = ro.display(),
+        rw = w.work.join("ro/rw").display(),
+        esc = esc.display(),
+    );
+    let out = w
+        .cmd(&[
+            "run",
+            "--user",
+            "nobody",
+            "--session",
+            "prof",
+            "--profile",
+            &p,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("GUARD_TEST_SECRET", "leak")
+        .current_dir(&w.work)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!s.contains("SECRET-READ"), "{s}");
+    assert!(
+        s.lines().any(|l| l == "0"),
+        "hidden dir listed entries: {s}"
+    );
+    assert!(!s.contains("RO-WRITTEN"), "{s}");
+    assert!(s.contains("rw-ok"), "{s}");
+    for name in [
+        "bpf",
+        "mount",
+        "keyctl",
+        "perf_event_open",
+        "io_uring_setup",
+        "ptrace_parent",
+        "unshare_user",
+        "setns",
+    ] {
+        assert!(
+            s.contains(&format!("{name}=1\n")),
+            "{name} not refused with EPERM: {s}"
+        );
+    }
+    assert!(s.contains("env=absent"), "{s}");
+    assert!(
+        s.contains("the test data") && s.contains("none needed"),
+        "{s}"
+    );
+    assert!(
+        s.contains("NoNewPrivs:\t1") && s.contains("CapEff:\t0000000000000000"),
+        "{s}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must survive: the test data"), "{err}");
+    let start = &w.log("prof")[0];
+    assert_eq!(start["risk"]["rollback"], "none needed");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "s3cr3t");
+}
+
+#[test]
+fn name_patterns_hold_matching_files_anywhere_and_nothing_else() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let tf = w.file("deep/er/x.tfstate", "state");
+    let txt = w.file("deep/er/x.txt", "text");
+    let p = profile(&w, "[files]\nprotect = [\"**/*.tfstate\"]\n");
+    let mut r = w.run(
+        "pat",
+        &[],
+        &["--profile", &p],
+        &format!("rm {}; rm {}; echo done", txt.display(), tf.display()),
+    );
+    let h = w.wait_hold("pat", T);
+    assert_eq!(h["target"], tf.display().to_string());
+    assert!(h["rule"].as_str().unwrap().contains("*.tfstate"), "{h}");
+    w.decide("deny", h["id"].as_str().unwrap(), &[]);
+    let out = r.child.wait().unwrap();
+    assert!(out.success());
+    assert!(tf.exists());
+    assert!(!txt.exists());
+}
+
+#[test]
+fn ordinary_work_runs_under_the_default_profile() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    std::fs::write(
+        w.work.join("hello.c"),
+        "#include <stdio.h>\nint main(void){puts(\"hi from c\");return 0;}\n",
+    )
+    .unwrap();
+    common::chown_tree(&w.work);
+    let script = "export HOME=$PWD; git init -q repo && cd repo && git config user.email t@t && git config user.name t \
+                  && echo a > f && git add f && git commit -qm one && echo b >> f && git commit -qam two \
+                  && git log --oneline | wc -l && cd .. && cc -o hello hello.c && ./hello \
+                  && python3 -c 'print(\"hi from python\")' && node -e 'console.log(\"hi from node\")'";
+    let out = w
+        .run(
+            "work",
+            &[],
+            &["--profile", "default", "--decision-timeout", "5s"],
+            script,
+        )
+        .finish(T);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        s.contains("2\n")
+            && s.contains("hi from c")
+            && s.contains("hi from python")
+            && s.contains("hi from node"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !w.log("work").iter().any(|l| l["kind"] == "hold"),
+        "ordinary work was held"
+    );
+}
+
+#[test]
+fn a_bad_profile_is_refused_with_125() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let p = profile(&w, "[files]\nprotec = [\"/x\"]\n");
+    let marker = w.work.join("ran");
+    let out = w
+        .cmd(&[
+            "run",
+            "--user",
+            "nobody",
+            "--profile",
+            &p,
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("p.toml:2:1"),
+        "{}",
+        text(&out)
+    );
+    assert!(!marker.exists());
+}

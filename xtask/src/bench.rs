@@ -1,0 +1,825 @@
+//! `cargo xtask bench`: `sandbox run` against the same work run bare and under the seccomp
+//! user-notification floor (`progs/notify_floor.c`), alternating, several repetitions each.
+//!
+//! Workloads: start-up (`true`), unlink-heavy (`rm -rf` of 50,000 files, on tmpfs and on disk)
+//! and exec-heavy (a shell loop running `/bin/true` 2,000 times). Everything happens in a scratch
+//! directory `target/bench.<pid>` that is removed (tmpfs unmounted first) when the run ends, also
+//! on error; leftovers of an interrupted run are removed by the next one.
+//!
+//! The trees of the unlink workload are all created before the first timed `rm -rf`: on ext4
+//! without a journal, creating inodes shortly (30 s, `dirty_expire_centisecs`) after deleting
+//! many in the same block group is slow (`recently_deleted()` in the allocator), which would make
+//! set-up take minutes.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::machine::{self, LoadProbe};
+use crate::report::{self, Check, Report, Row, Stats, Variant};
+
+/// uid and gid every benchmarked command runs as.
+const NOBODY: u32 = 65534;
+/// The unlink-heavy tree: directories x files per directory.
+const TREE_DIRS: usize = 100;
+const TREE_FILES: usize = 500;
+/// The exec-heavy loop.
+const EXEC_LOOP: &str = "i=0; while [ $i -lt 2000 ]; do /bin/true; i=$((i+1)); done";
+/// How `progs/notify_floor.c` is compiled.
+const CC_FLAGS: [&str; 5] = ["-O2", "-Wall", "-Wextra", "-Werror", "-pthread"];
+const TMPFS_OPTS: &str = "size=256m,mode=0755,uid=65534,gid=65534";
+const SCRATCH_PREFIX: &str = "bench.";
+/// DESIGN.md: `sandbox run -- true` in under 50 ms.
+const START_TARGET: Duration = Duration::from_millis(50);
+/// The issue "Benchmarks": the sandbox within 15% of the floor on the unlink workload.
+const FLOOR_TARGET: f64 = 1.15;
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Fewer repetitions: a smoke test of the benchmark, not numbers to quote.
+    #[arg(long)]
+    quick: bool,
+    /// Print the results only; leave docs/BENCHMARKS.md alone.
+    #[arg(long)]
+    no_write: bool,
+    /// Use the existing target/release/sandbox instead of running
+    /// `cargo build --release -p guard-user` first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// Repetitions per workload and variant.
+struct Reps {
+    start: usize,
+    unlink: usize,
+    exec: usize,
+}
+
+const FULL: Reps = Reps {
+    start: 20,
+    unlink: 7,
+    exec: 5,
+};
+const QUICK: Reps = Reps {
+    start: 5,
+    unlink: 3,
+    exec: 3,
+};
+
+/// Runs the benchmark.
+pub fn run(opts: &Options) -> Result<()> {
+    let t0 = Instant::now();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask bench must run as root (sandbox run needs it)");
+    }
+    let reps = if opts.quick { QUICK } else { FULL };
+    let root = workspace_root()?;
+    let date = output_of(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
+
+    if !opts.no_build {
+        build_sandbox(&root)?;
+    }
+    let floor = build_floor(&root)?;
+    catch_interrupts();
+    let probe = LoadProbe::start();
+    let scratch = Scratch::create(&target_dir(&root))?;
+    let docs = root.join("docs/BENCHMARKS.md");
+    let mut b = Bench {
+        sandbox: target_dir(&root).join("release/sandbox"),
+        floor,
+        timeit: scratch.install_timeit()?,
+        root,
+        scratch,
+        commands: Vec::new(),
+    };
+    let bwrap = find_in_path("bwrap");
+    let mut notes = Vec::new();
+    if bwrap.is_none() {
+        eprintln!("bwrap not installed, skipped");
+        notes.push("bwrap (bubblewrap) is not installed on this machine: no peer numbers.".into());
+    }
+
+    b.commands.push((
+        "floor, compiled by xtask".into(),
+        format!(
+            "cc {} -o target/xtask/notify_floor xtask/progs/notify_floor.c",
+            CC_FLAGS.join(" ")
+        ),
+    ));
+    b.commands.push((
+        "tmpfs for the unlink workload".into(),
+        format!("mount -t tmpfs -o {TMPFS_OPTS} guard-bench $BASE/tmpfs"),
+    ));
+    let mut rows = Vec::new();
+    let (start, note) = b.start(reps.start, bwrap.as_deref())?;
+    rows.push(start);
+    notes.extend(note);
+    let tmpfs = b.scratch.mount_tmpfs("tmpfs")?;
+    let result = b.unlink("tmpfs", &tmpfs, reps.unlink);
+    b.scratch.unmount(&tmpfs)?;
+    rows.extend(result?);
+    let disk = b.scratch.dir("disk", NOBODY)?;
+    rows.extend(b.unlink("disk", &disk, reps.unlink)?);
+    rows.extend(b.exec(&disk, reps.exec)?);
+
+    let load = probe.finish(machine::nproc());
+    let machine = machine::describe(&b.root, &disk, &b.scratch.base.join("logs"), date, load)?;
+    let checks = checks(&rows, &machine.backend);
+    let report = Report {
+        quick: opts.quick,
+        machine,
+        rows,
+        checks,
+        commands: std::mem::take(&mut b.commands),
+        notes,
+        elapsed: t0.elapsed(),
+    };
+    drop(b); // removes the scratch directory before the results are written
+
+    println!("{}", report::table(&report.rows));
+    println!("{}", report::checks(&report.checks));
+    if !opts.no_write {
+        let path = docs;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        fs::write(&path, report::document(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    println!("total time: {:.1} s", report.elapsed.as_secs_f64());
+    Ok(())
+}
+
+/// The workspace root (parent of this crate's directory).
+fn workspace_root() -> Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn build_sandbox(root: &Path) -> Result<()> {
+    eprintln!("building sandbox (release)...");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "guard-user"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p guard-user failed: {status}");
+    }
+    Ok(())
+}
+
+/// Compiles `progs/notify_floor.c` into `target/xtask/notify_floor`.
+fn build_floor(root: &Path) -> Result<PathBuf> {
+    let src = root.join("xtask/progs/notify_floor.c");
+    let dir = target_dir(root).join("xtask");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bin = dir.join("notify_floor");
+    let status = Command::new("cc")
+        .args(CC_FLAGS)
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .context("running cc (is a C compiler installed?)")?;
+    if !status.success() {
+        bail!("cc failed on {}: {status}", src.display());
+    }
+    Ok(bin)
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Stdout of a command, trimmed.
+pub fn output_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The scratch directory: `target/bench.<pid>`, removed on drop (tmpfs unmounted first).
+struct Scratch {
+    base: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+impl Scratch {
+    fn create(parent: &Path) -> Result<Scratch> {
+        remove_stale(parent);
+        let base = parent.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
+        if base.exists() {
+            bail!("{} exists already", base.display());
+        }
+        fs::create_dir(&base).with_context(|| format!("creating {}", base.display()))?;
+        let s = Scratch {
+            base,
+            mounts: Vec::new(),
+        };
+        // the sandbox refuses state and log directories it does not trust: root's, 0755
+        fs::set_permissions(&s.base, fs::Permissions::from_mode(0o755))?;
+        let work = s.dir("work", NOBODY)?;
+        s.dir("bin", 0)?;
+        let reachable = Command::new("test")
+            .arg("-w")
+            .arg(&work)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .status()
+            .is_ok_and(|st| st.success());
+        if !reachable {
+            bail!(
+                "uid 65534 cannot write to {}: the directories above it must be searchable by others",
+                work.display()
+            );
+        }
+        Ok(s)
+    }
+
+    /// Creates `base/name` owned by `uid` (and the same gid).
+    fn dir(&self, name: &str, uid: u32) -> Result<PathBuf> {
+        let d = self.base.join(name);
+        fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755))?;
+        chown(&d, Some(uid), Some(uid)).with_context(|| format!("chown {}", d.display()))?;
+        Ok(d)
+    }
+
+    /// Where commands run (their working directory).
+    fn work(&self) -> PathBuf {
+        self.base.join("work")
+    }
+
+    /// A copy of this binary runnable by uid 65534 (whose ancestors may be closed to it), for
+    /// `xtask timeit`.
+    fn install_timeit(&self) -> Result<PathBuf> {
+        let exe = std::env::current_exe().context("finding the xtask binary")?;
+        let dst = self.base.join("bin/xtask");
+        fs::copy(&exe, &dst).with_context(|| format!("copying {}", exe.display()))?;
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
+        Ok(dst)
+    }
+
+    fn mount_tmpfs(&mut self, name: &str) -> Result<PathBuf> {
+        let d = self.dir(name, 0)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", TMPFS_OPTS, "guard-bench"])
+            .arg(&d)
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("mount -t tmpfs on {} failed: {status}", d.display());
+        }
+        self.mounts.push(d.clone());
+        Ok(d)
+    }
+
+    fn unmount(&mut self, dir: &Path) -> Result<()> {
+        self.mounts.retain(|m| m != dir);
+        if !umount(dir) {
+            bail!("could not unmount {}", dir.display());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for m in self.mounts.drain(..).rev() {
+            umount(&m);
+        }
+        if let Err(e) = fs::remove_dir_all(&self.base) {
+            eprintln!("warning: could not remove {}: {e}", self.base.display());
+        }
+    }
+}
+
+/// `umount DIR`, falling back to a lazy unmount; false (after a warning) if both fail.
+fn umount(dir: &Path) -> bool {
+    for lazy in [false, true] {
+        let mut c = Command::new("umount");
+        if lazy {
+            c.arg("-l");
+        }
+        if c.arg(dir).status().is_ok_and(|s| s.success()) {
+            return true;
+        }
+    }
+    eprintln!("warning: could not unmount {}", dir.display());
+    false
+}
+
+/// True if `pid` is a live (not zombie) xtask process.
+fn bench_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let state = stat[close + 1..].split_whitespace().next();
+    &stat[open + 1..close] == "xtask" && state != Some("Z")
+}
+
+/// Set by SIGINT or SIGTERM: stop after the current run, clean up, and fail.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM end the benchmark through the normal error path, so the scratch
+/// directory is removed and the tmpfs unmounted.
+fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Removes scratch directories of benchmark runs that were killed (their pid is gone).
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if bench_alive(pid) {
+            continue;
+        }
+        let dir = e.path();
+        eprintln!("removing {} (left by an interrupted run)", dir.display());
+        // mount points are field 5 of mountinfo; ours have no characters that need escaping
+        for m in mountinfo.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if Path::new(m).starts_with(&dir) {
+                umount(Path::new(m));
+            }
+        }
+        if let Err(err) = fs::remove_dir_all(&dir) {
+            eprintln!("warning: could not remove {}: {err}", dir.display());
+        }
+    }
+}
+
+/// A command as it is spawned, kept apart from [`Command`] so it can also be shown.
+#[derive(Clone)]
+struct Invocation {
+    env: Vec<(&'static str, PathBuf)>,
+    prog: OsString,
+    args: Vec<OsString>,
+    /// Spawned as uid/gid 65534 (bare and bwrap; the floor and the sandbox drop ids themselves).
+    as_nobody: bool,
+    /// The command prints its own inner time (it is run by `timeit`).
+    timed_inside: bool,
+}
+
+/// One run's wall times.
+struct Sample {
+    /// Spawn to exit of the whole command, measured by xtask.
+    outer: Duration,
+    /// Measured by `timeit` inside the variant, if the workload uses it.
+    inner: Option<Duration>,
+}
+
+struct Bench {
+    root: PathBuf,
+    sandbox: PathBuf,
+    floor: PathBuf,
+    timeit: PathBuf,
+    scratch: Scratch,
+    /// (what, command line) for the report.
+    commands: Vec<(String, String)>,
+}
+
+impl Bench {
+    /// How variant `v` runs `argv` (under timeit if `timed_inside`).
+    fn invocation(
+        &self,
+        v: Variant,
+        argv: &[OsString],
+        protect: Option<&Path>,
+        timed_inside: bool,
+    ) -> Result<Invocation> {
+        let mut words: Vec<OsString> = Vec::new();
+        if timed_inside {
+            words.push(self.timeit.clone().into());
+            words.push("timeit".into());
+            words.push("--".into());
+        }
+        words.extend(argv.iter().cloned());
+        let mut env = Vec::new();
+        let (prog, args, as_nobody) = match v {
+            Variant::Bare => {
+                let (p, a) = words.split_first().context("empty command")?;
+                (p.clone(), a.to_vec(), true)
+            }
+            Variant::Floor => (self.floor.clone().into(), words, false),
+            Variant::Bwrap => {
+                let mut a: Vec<OsString> = ["--dev-bind", "/", "/"].map(OsString::from).to_vec();
+                a.extend(words);
+                ("bwrap".into(), a, true)
+            }
+            Variant::Sandbox => {
+                env.push(("SANDBOX_STATE_DIR", self.scratch.base.join("state")));
+                env.push(("SANDBOX_LOG_DIR", self.scratch.base.join("logs")));
+                let mut a: Vec<OsString> = ["run", "--user", "nobody", "--quiet"]
+                    .map(OsString::from)
+                    .to_vec();
+                if let Some(p) = protect {
+                    a.push("--protect".into());
+                    a.push(p.into());
+                }
+                a.push("--".into());
+                a.extend(words);
+                (self.sandbox.clone().into(), a, false)
+            }
+        };
+        Ok(Invocation {
+            env,
+            prog,
+            args,
+            as_nobody,
+            timed_inside,
+        })
+    }
+
+    /// The command line of `inv` for the report, with `$BASE` for the scratch directory.
+    fn show(&self, inv: &Invocation) -> String {
+        let mut words: Vec<String> = inv
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", self.short(v.as_os_str())))
+            .collect();
+        if inv.as_nobody {
+            words.push("setpriv --reuid 65534 --regid 65534 --clear-groups".into());
+        }
+        words.push(self.short(&inv.prog));
+        words.extend(inv.args.iter().map(|a| self.short(a)));
+        words.join(" ")
+    }
+
+    fn short(&self, word: &OsStr) -> String {
+        shell_word(&word.to_string_lossy(), &self.scratch.base, &self.root)
+    }
+
+    fn record(&mut self, what: String, inv: &Invocation) {
+        let line = self.show(inv);
+        self.commands.push((what, line));
+    }
+
+    /// Spawns `inv` and times it.
+    fn spawn(&self, inv: &Invocation) -> Result<Sample> {
+        let mut cmd = Command::new(&inv.prog);
+        cmd.args(&inv.args)
+            .current_dir(self.scratch.work())
+            .stdin(Stdio::null())
+            .stdout(if inv.timed_inside {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::inherit());
+        for (k, v) in &inv.env {
+            cmd.env(k, v);
+        }
+        if inv.as_nobody {
+            // std drops the supplementary groups too when root sets a uid
+            cmd.uid(NOBODY).gid(NOBODY);
+        }
+        let t0 = Instant::now();
+        let out = cmd
+            .output()
+            .with_context(|| format!("spawning {}", self.show(inv)))?;
+        let outer = t0.elapsed();
+        if !out.status.success() {
+            bail!("`{}` failed: {}", self.show(inv), out.status);
+        }
+        let inner = if inv.timed_inside {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ns: u64 = text
+                .lines()
+                .last()
+                .and_then(|l| l.trim().parse().ok())
+                .with_context(|| format!("no time from timeit in {text:?}"))?;
+            Some(Duration::from_nanos(ns))
+        } else {
+            None
+        };
+        Ok(Sample { outer, inner })
+    }
+
+    /// Start-up: `true`, bare, under the floor, under the sandbox and (if installed) bwrap.
+    fn start(&mut self, reps: usize, bwrap: Option<&Path>) -> Result<(Row, Option<String>)> {
+        let argv = ["true".into()];
+        let mut variants = vec![Variant::Bare, Variant::Floor, Variant::Sandbox];
+        let mut note = None;
+        if bwrap.is_some() {
+            let inv = self.invocation(Variant::Bwrap, &argv, None, false)?;
+            match self.spawn(&inv) {
+                Ok(_) => variants.push(Variant::Bwrap),
+                Err(e) => {
+                    eprintln!("bwrap does not work here, skipped: {e:#}");
+                    note = Some(format!(
+                        "bwrap is installed but failed here ({e:#}): no peer numbers."
+                    ));
+                }
+            }
+        }
+        let mut invs = Vec::new();
+        for v in &variants {
+            let inv = self.invocation(*v, &argv, None, false)?;
+            self.record(format!("start, {}", v.name()), &inv);
+            self.spawn(&inv)?; // warm-up (page cache, first cgroup)
+            invs.push((*v, inv));
+        }
+        let samples = alternate("start", &invs, reps, |inv| self.spawn(inv))?;
+        Ok((
+            row("start: `true`", "whole run", &samples, |s| Some(s.outer))?,
+            note,
+        ))
+    }
+
+    /// Unlink-heavy on `dir` (named `fs`): `rm -rf` of a fresh 50,000-file tree per run, with a
+    /// sibling directory protected in the sandbox so Landlock and the supervisor are active.
+    fn unlink(&mut self, fs_name: &str, dir: &Path, reps: usize) -> Result<Vec<Row>> {
+        let prot = dir.join("prot");
+        fs::create_dir(&prot).with_context(|| format!("creating {}", prot.display()))?;
+        chown(&prot, Some(NOBODY), Some(NOBODY))?;
+        let keep = prot.join("keep");
+        fs::write(&keep, "protected\n")?;
+        chown(&keep, Some(NOBODY), Some(NOBODY))?;
+
+        let mut invs = Vec::new();
+        for v in [Variant::Bare, Variant::Floor, Variant::Sandbox] {
+            let argv: Vec<OsString> = vec!["rm".into(), "-rf".into(), dir.join("tree").into()];
+            let inv = self.invocation(v, &argv, Some(&prot), true)?;
+            self.record(format!("unlink-heavy on {fs_name}, {}", v.name()), &inv);
+            invs.push((v, inv));
+        }
+        let label = format!("unlink-heavy ({fs_name})");
+        let trees: Vec<PathBuf> = (0..reps * invs.len())
+            .map(|i| dir.join(format!("tree-{i:03}")))
+            .collect();
+        let samples = self.unlink_runs(&label, &invs, reps, &trees);
+        for t in &trees {
+            let _ = fs::remove_dir_all(t);
+        }
+        let samples = samples?;
+        let name = format!("unlink-heavy, {fs_name}: `rm -rf` 50,000 files");
+        Ok(vec![
+            row(&name, "rm -rf only", &samples, |s| s.inner)?,
+            row(&name, "whole run", &samples, |s| Some(s.outer))?,
+        ])
+    }
+
+    /// Creates `trees` (one per timed run), then times the runs: each removes its own tree (the
+    /// tree's path replaces the last argument of the invocation).
+    fn unlink_runs(
+        &self,
+        label: &str,
+        invs: &[(Variant, Invocation)],
+        reps: usize,
+        trees: &[PathBuf],
+    ) -> Result<Vec<(Variant, Vec<Sample>)>> {
+        eprint!("{label}: creating {} trees...", trees.len());
+        for t in trees {
+            make_tree(t)?;
+        }
+        eprintln!(" done");
+        let mut next = trees.iter();
+        alternate(label, invs, reps, |inv| {
+            let tree = next.next().context("more runs than trees")?;
+            let mut inv = inv.clone();
+            if let Some(last) = inv.args.last_mut() {
+                *last = tree.into();
+            }
+            // dirty metadata of the previous run must not be written back during this one
+            // SAFETY: sync has no preconditions.
+            unsafe { libc::sync() };
+            let s = self.spawn(&inv)?;
+            if tree.exists() {
+                bail!(
+                    "{} still exists after `{}`",
+                    tree.display(),
+                    self.show(&inv)
+                );
+            }
+            Ok(s)
+        })
+    }
+
+    /// Exec-heavy: a shell loop running `/bin/true` 2,000 times (the sandbox protects
+    /// `disk/prot`, so the whole guard is active).
+    fn exec(&mut self, disk: &Path, reps: usize) -> Result<Vec<Row>> {
+        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), EXEC_LOOP.into()];
+        let prot = disk.join("prot");
+        let mut invs = Vec::new();
+        for v in [Variant::Bare, Variant::Floor, Variant::Sandbox] {
+            let inv = self.invocation(v, &argv, Some(&prot), true)?;
+            self.record(format!("exec-heavy, {}", v.name()), &inv);
+            invs.push((v, inv));
+        }
+        let samples = alternate("exec-heavy", &invs, reps, |inv| self.spawn(inv))?;
+        let name = "exec-heavy: 2,000 x `/bin/true` from `sh`";
+        Ok(vec![
+            row(name, "loop only", &samples, |s| s.inner)?,
+            row(name, "whole run", &samples, |s| Some(s.outer))?,
+        ])
+    }
+}
+
+/// `word` for a shell command line shown to people: `$BASE` for the scratch directory `base`,
+/// paths in the workspace `root` relative to it, quoted unless plain.
+fn shell_word(word: &str, base: &Path, root: &Path) -> String {
+    // the scratch directory is inside the target directory: replace it first
+    let w = word.replace(base.to_string_lossy().as_ref(), "$BASE");
+    let root = format!("{}/", root.to_string_lossy());
+    let w = w
+        .strip_prefix(root.as_str())
+        .map_or(w.clone(), str::to_string);
+    // `$BASE` must stay unquoted to expand
+    let plain = |t: &str| {
+        t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._,:=+-%".contains(c))
+    };
+    let rest = w.strip_prefix("$BASE").unwrap_or(&w);
+    if !w.is_empty() && plain(rest) {
+        w
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+/// Runs every variant `reps` times, alternating (the order rotates each repetition).
+fn alternate(
+    label: &str,
+    invs: &[(Variant, Invocation)],
+    reps: usize,
+    mut run: impl FnMut(&Invocation) -> Result<Sample>,
+) -> Result<Vec<(Variant, Vec<Sample>)>> {
+    let mut out: Vec<(Variant, Vec<Sample>)> = invs.iter().map(|(v, _)| (*v, Vec::new())).collect();
+    eprint!("{label}: ");
+    for rep in 0..reps {
+        for i in 0..invs.len() {
+            check_interrupted()?;
+            let k = (rep + i) % invs.len();
+            let sample = run(&invs[k].1)?;
+            out[k].1.push(sample);
+        }
+        eprint!(".");
+    }
+    eprintln!(" done");
+    Ok(out)
+}
+
+fn row(
+    workload: &str,
+    timed: &'static str,
+    samples: &[(Variant, Vec<Sample>)],
+    pick: impl Fn(&Sample) -> Option<Duration>,
+) -> Result<Row> {
+    let mut cells = Vec::new();
+    for (v, s) in samples {
+        let times: Vec<Duration> = s.iter().filter_map(&pick).collect();
+        let st = Stats::of(&times).with_context(|| format!("no samples for {}", v.name()))?;
+        cells.push((*v, st));
+    }
+    Ok(Row {
+        workload: workload.to_string(),
+        timed,
+        cells,
+    })
+}
+
+/// Creates `tree` with `TREE_DIRS` x `TREE_FILES` empty files, all owned by uid/gid 65534.
+fn make_tree(tree: &Path) -> Result<()> {
+    if tree.exists() {
+        fs::remove_dir_all(tree)?;
+    }
+    let own = |p: &Path| {
+        chown(p, Some(NOBODY), Some(NOBODY)).with_context(|| format!("chown {}", p.display()))
+    };
+    fs::create_dir(tree).with_context(|| format!("creating {}", tree.display()))?;
+    own(tree)?;
+    for d in 0..TREE_DIRS {
+        check_interrupted()?;
+        let dir = tree.join(format!("d{d:03}"));
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        own(&dir)?;
+        for f in 0..TREE_FILES {
+            let file = dir.join(format!("f{f:03}"));
+            fs::File::create(&file).with_context(|| format!("creating {}", file.display()))?;
+            own(&file)?;
+        }
+    }
+    Ok(())
+}
+
+/// The performance targets that the rows measure.
+fn checks(rows: &[Row], backend: &str) -> Vec<Check> {
+    let mut out = Vec::new();
+    let find = |workload: &str, timed: &str| {
+        rows.iter()
+            .find(|r| r.workload.starts_with(workload) && r.timed == timed)
+    };
+    if let Some(st) = find("start", "whole run").and_then(|r| r.get(Variant::Sandbox)) {
+        out.push(Check {
+            target: format!(
+                "`sandbox run -- true` under {} ms",
+                START_TARGET.as_millis()
+            ),
+            measured: format!("{} (median)", report::ms(st.median)),
+            met: st.median < START_TARGET,
+        });
+    }
+    // DESIGN.md: within 5% of bare on the BPF LSM backend, within 2x on the seccomp backend
+    let bare_limit = if backend == "lsm" { 1.05 } else { 2.0 };
+    for fs_name in ["tmpfs", "disk"] {
+        let Some(r) = find(&format!("unlink-heavy, {fs_name}"), "rm -rf only") else {
+            continue;
+        };
+        if let Some(x) = r.ratio(Variant::Sandbox, Variant::Bare) {
+            out.push(Check {
+                target: format!(
+                    "`rm -rf` of 50,000 unprotected files within {bare_limit}x of bare ({backend} backend), {fs_name}"
+                ),
+                measured: format!("{x:.2}x"),
+                met: x <= bare_limit,
+            });
+        }
+        if let Some(x) = r.ratio(Variant::Sandbox, Variant::Floor) {
+            out.push(Check {
+                target: format!(
+                    "`rm -rf` under the sandbox within {:.0}% of the floor, {fs_name}",
+                    (FLOOR_TARGET - 1.0) * 100.0
+                ),
+                measured: format!("{x:.2}x"),
+                met: x <= FLOOR_TARGET,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_word_names_scratch_base_and_quotes_shell_syntax() {
+        let (base, root) = (Path::new("/w/target/bench.7"), Path::new("/w"));
+        assert_eq!(
+            shell_word("/w/target/bench.7/disk/tree", base, root),
+            "$BASE/disk/tree"
+        );
+        assert_eq!(
+            shell_word("/w/target/release/sandbox", base, root),
+            "target/release/sandbox"
+        );
+        assert_eq!(shell_word("/usr/bin/true", base, root), "/usr/bin/true");
+        assert_eq!(shell_word("a b", base, root), "'a b'");
+        assert_eq!(shell_word("it's", base, root), r"'it'\''s'");
+        assert_eq!(shell_word("", base, root), "''");
+    }
+}
