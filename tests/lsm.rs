@@ -348,13 +348,34 @@ fn lsm_io_uring_unlink_of_a_protected_file_gets_eperm() {
     let prot = w.dir("p");
     let f = w.file("p/f", "keep");
     let p = common::prog("uring_unlinkat");
-    let (holds, out) = deny_all(
-        &w,
+    // The profile allows io_uring (the baseline refuses it), so the unlink really runs in an
+    // io_uring worker and meets the LSM hook there.
+    let prof = w.work.join("uring.toml");
+    std::fs::write(&prof, "[process]\nallow_io_uring = true\n").unwrap();
+    let script = format!("{} {}", p.display(), f.display());
+    let mut r = w.run(
         "lsm-uring",
-        &prot,
-        &format!("{} {}", p.display(), f.display()),
+        &[&prot],
+        &["--backend", "lsm", "--profile", prof.to_str().unwrap()],
+        &script,
     );
+    let t0 = Instant::now();
+    while r.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < T, "session did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let holds = w
+        .log("lsm-uring")
+        .into_iter()
+        .filter(|l| l["kind"] == "hold")
+        .collect::<Vec<_>>();
+    let out = r.finish(T);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Operation not permitted"),
+        "{}",
+        text(&out)
+    );
     assert!(holds.is_empty());
     assert!(f.exists());
 }

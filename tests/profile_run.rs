@@ -210,3 +210,39 @@ fn a_bad_profile_is_refused_with_125() {
     );
     assert!(!marker.exists());
 }
+
+#[test]
+fn the_profile_sets_the_decision_timeout_and_default_scope() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let a = w.file("p/a", "1");
+    let b = w.file("p/b", "2");
+    let p = profile(
+        &w,
+        "[decisions]\ntimeout = \"3s\"\ndefault_scope = \"once\"\n",
+    );
+    let r = w.run(
+        "scope",
+        &[&prot],
+        &["--profile", &p],
+        &format!("rm {} {}", a.display(), b.display()),
+    );
+    let h1 = w.wait_hold("scope", T);
+    // No --scope: the profile's default (once) applies, so the second file is held again ...
+    w.decide("approve", h1["id"].as_str().unwrap(), &[]);
+    // ... and nobody decides it: the profile's 3 s timeout denies it.
+    let out = r.finish(T);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!a.exists());
+    assert!(b.exists());
+    let log = w.log("scope");
+    assert_eq!(log[0]["decision_timeout_s"], 3.0);
+    assert!(
+        log.iter()
+            .any(|l| l["kind"] == "decision" && l["by"] == "timeout"),
+        "{log:?}"
+    );
+}

@@ -70,8 +70,9 @@ pub enum Request {
         id: String,
         /// Approve or deny.
         verdict: Verdict,
-        /// How far the decision reaches.
-        scope: Scope,
+        /// How far the decision reaches (None: the session's default).
+        #[serde(default)]
+        scope: Option<Scope>,
         /// For how long a standing decision lasts (ms).
         for_ms: Option<u64>,
     },
@@ -180,6 +181,7 @@ fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
 pub fn serve(
     listener: UnixListener,
     sup: Arc<dyn Decider>,
+    default_scope: Scope,
     info: impl Fn() -> SessionInfo + Send + 'static,
 ) {
     for conn in listener.incoming() {
@@ -194,7 +196,7 @@ pub fn serve(
             (Err(e), _) => Answer::err(e),
             (Ok(_), Err(e)) => Answer::err(format!("read: {e}")),
             (Ok(peer), Ok(_)) => match serde_json::from_str::<Request>(&line) {
-                Ok(req) => handle(req, sup.as_ref(), &info, peer),
+                Ok(req) => handle(req, sup.as_ref(), default_scope, &info, peer),
                 Err(e) => Answer::err(format!("bad request: {e}")),
             },
         };
@@ -205,7 +207,13 @@ pub fn serve(
     }
 }
 
-fn handle(req: Request, sup: &dyn Decider, info: &dyn Fn() -> SessionInfo, peer: u32) -> Answer {
+fn handle(
+    req: Request,
+    sup: &dyn Decider,
+    default_scope: Scope,
+    info: &dyn Fn() -> SessionInfo,
+    peer: u32,
+) -> Answer {
     match req {
         Request::Pending => {
             let v = sup
@@ -228,6 +236,7 @@ fn handle(req: Request, sup: &dyn Decider, info: &dyn Fn() -> SessionInfo, peer:
             scope,
             for_ms,
         } => {
+            let scope = scope.unwrap_or(default_scope);
             let by =
                 format!("root via control socket (pid {peer}, scope {scope:?})").to_lowercase();
             match sup.decide(&id, verdict, scope, for_ms.map(Duration::from_millis), &by) {
@@ -350,7 +359,7 @@ pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError
 pub fn cmd_decide(
     id: &str,
     verdict: Verdict,
-    scope: Scope,
+    scope: Option<Scope>,
     for_: Option<Duration>,
 ) -> Result<u8, ControlError> {
     let req = Request::Decide {

@@ -442,6 +442,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         // renaming and truncation, which is said at start rather than silently.
         tracing::warn!("protect_writes: writes that do not truncate are not held yet (removal, rename and truncation are)");
     }
+    let default_scope = profile.decisions.default_scope.unwrap_or_default();
     let timeout = args
         .decision_timeout
         .or(profile.decisions.timeout)
@@ -695,7 +696,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                control::serve(ctl_listener, sup, move || SessionInfo {
+                control::serve(ctl_listener, sup, default_scope, move || SessionInfo {
                     session: session.clone(),
                     pid: std::process::id(),
                     command: cmd_str.clone(),

@@ -46,9 +46,10 @@ enum Cmd {
     Approve {
         /// The hold id (from `sandbox pending`).
         id: String,
-        /// How far the decision reaches.
-        #[arg(long, value_enum, default_value_t = hold::Scope::Process)]
-        scope: hold::Scope,
+        /// How far the decision reaches (default: the session profile's `default_scope`, else
+        /// process).
+        #[arg(long, value_enum)]
+        scope: Option<hold::Scope>,
         /// How long a standing decision lasts (e.g. 30s, 10m).
         #[arg(long = "for", value_name = "DUR", value_parser = hold::parse_duration)]
         for_: Option<std::time::Duration>,
@@ -57,9 +58,10 @@ enum Cmd {
     Deny {
         /// The hold id (from `sandbox pending`).
         id: String,
-        /// How far the decision reaches.
-        #[arg(long, value_enum, default_value_t = hold::Scope::Process)]
-        scope: hold::Scope,
+        /// How far the decision reaches (default: the session profile's `default_scope`, else
+        /// process).
+        #[arg(long, value_enum)]
+        scope: Option<hold::Scope>,
         /// How long a standing decision lasts (e.g. 30s, 10m).
         #[arg(long = "for", value_name = "DUR", value_parser = hold::parse_duration)]
         for_: Option<std::time::Duration>,
