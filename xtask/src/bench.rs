@@ -276,8 +276,8 @@ impl Scratch {
         self.base.join("work")
     }
 
-    /// A copy of this binary runnable by uid 65534 (whose ancestors may be closed to it), for
-    /// `xtask timeit`.
+    /// A copy of this binary for `xtask timeit`, executable by uid 65534 and safe from a
+    /// rebuild of target/debug/xtask while the benchmark runs.
     fn install_timeit(&self) -> Result<PathBuf> {
         let exe = std::env::current_exe().context("finding the xtask binary")?;
         let dst = self.base.join("bin/xtask");
