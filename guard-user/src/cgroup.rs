@@ -115,12 +115,6 @@ impl SessionCgroup {
             .ino())
     }
 
-    /// Moves process `pid` (0: the caller) into the cgroup.
-    pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
-        let p = self.path.join("cgroup.procs");
-        std::fs::write(&p, pid.to_string()).map_err(io_err("write", &p))
-    }
-
     /// Kills every process left in the cgroup (cgroup.kill) and removes it.
     pub fn destroy(&self) {
         let _ = std::fs::write(self.path.join("cgroup.kill"), "1");

@@ -128,7 +128,7 @@ pub fn checks() -> (Vec<Check>, Option<&'static str>) {
     let lsm_ok = lsm.is_ok();
     let lsm_detail = match &lsm {
         Ok(()) => "an LSM program loaded".to_string(),
-        Err(e) => format!("refused: {e}: {}", chain(e)),
+        Err(e) => format!("refused: {e}: {}", crate::launch::error_chain(e)),
     };
     let lsm_fix = if listed {
         "this host refuses BPF LSM programs although `bpf` is listed (e.g. hypervisor or lockdown policy): the seccomp backend is used"
@@ -142,7 +142,7 @@ pub fn checks() -> (Vec<Check>, Option<&'static str>) {
         exec.is_ok(),
         match &exec {
             Ok(_) => "tp_btf/sched_process_exec loaded".to_string(),
-            Err(e) => format!("{e}: {}", chain(e)),
+            Err(e) => format!("{e}: {}", crate::launch::error_chain(e)),
         },
         Some("needs BTF and CAP_BPF/CAP_PERFMON (root)"),
     ));
@@ -204,16 +204,6 @@ pub fn checks() -> (Vec<Check>, Option<&'static str>) {
         None
     };
     (v, backend)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        parts.push(c.to_string());
-        cur = c.source();
-    }
-    parts.join(": ")
 }
 
 /// Prints the report. Exit 0 when some backend works, 1 otherwise.

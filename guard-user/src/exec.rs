@@ -93,8 +93,14 @@ impl ExecObserver {
     /// [`ExecObserver::watch_cgroup`].
     pub fn load() -> Result<Self, ExecError> {
         let btf = Btf::from_sys_fs().map_err(ExecError::Btf)?;
+        Self::load_with(&btf)
+    }
+
+    /// [`ExecObserver::load`] with the kernel's BTF already parsed (parsing it costs tens of
+    /// milliseconds: do it once per run).
+    pub fn load_with(btf: &Btf) -> Result<Self, ExecError> {
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(Some(btf))
             .load(EBPF_OBJECT)
             .map_err(ExecError::Load)?;
 
@@ -110,7 +116,7 @@ impl ExecObserver {
             })?
             .try_into()
             .map_err(program_err)?;
-        program.load(EXEC_PROGRAM, &btf).map_err(program_err)?;
+        program.load(EXEC_PROGRAM, btf).map_err(program_err)?;
         program.attach().map_err(program_err)?;
 
         let sessions = HashMap::try_from(take_map(&mut ebpf, SESSION_CGROUPS)?)

@@ -15,7 +15,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -442,6 +441,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         // renaming and truncation, which is said at start rather than silently.
         tracing::warn!("protect_writes: writes that do not truncate are not held yet (removal, rename and truncation are)");
     }
+    // The kernel's type information, parsed once for every program this run loads.
+    let btf = aya::Btf::from_sys_fs().map_err(crate::exec::ExecError::Btf)?;
     let default_scope = profile.decisions.default_scope.unwrap_or_default();
     let timeout = args
         .decision_timeout
@@ -451,17 +452,20 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let (backend, lsm_refused) = match args.backend {
         Backend::Seccomp => (Backend::Seccomp, None),
         Backend::Lsm => {
-            files::lsm::probe()?;
+            files::lsm::probe_with(&btf)?;
             (Backend::Lsm, None)
         }
         Backend::Auto if prot.has_patterns() => (
             Backend::Seccomp,
             Some("name patterns are enforced by the seccomp backend only".to_string()),
         ),
-        Backend::Auto => match files::lsm::probe() {
-            Ok(()) => (Backend::Lsm, None),
-            Err(e) => (Backend::Seccomp, Some(format!("{e}: {}", error_chain(&e)))),
-        },
+        Backend::Auto => {
+            ensure_private_dir(&control::state_dir())?;
+            match files::lsm::probe_cached(&control::state_dir(), &btf) {
+                Ok(()) => (Backend::Lsm, None),
+                Err(e) => (Backend::Seccomp, Some(e)),
+            }
+        }
     };
     if backend == Backend::Lsm && prot.has_patterns() {
         return Err(RunError::Usage(
@@ -485,7 +489,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let cg = SessionCgroup::create(&session)?;
     let cg_guard = CgroupGuard(&cg);
 
-    let mut observer = crate::exec::ExecObserver::load()?;
+    let mut observer = crate::exec::ExecObserver::load_with(&btf)?;
     observer.watch_cgroup(cg.id()?)?;
 
     let backend_name = if backend == Backend::Lsm {
@@ -556,6 +560,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             prot.clone(),
             report.clone(),
             cg.id()?,
+            &btf,
         )?))
     } else {
         None
@@ -607,22 +612,28 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     // Set before forking: the init must not miss a SIGTERM sent to the supervisor.
     let sigs = forwarded_signals();
     block(&sigs);
-    // A fork into a new pid namespace (unshare would forbid the supervisor's threads later).
-    // SAFETY: the supervisor is single-threaded until after this call; with a null stack the
-    // raw clone behaves like fork(2).
+    // A fork into a new pid namespace, born in the session's cgroup (CLONE_INTO_CGROUP: no
+    // migration afterwards, which costs milliseconds). unshare(CLONE_NEWPID) would forbid the
+    // supervisor's threads later.
+    let cg_dir =
+        std::fs::File::open(cg.path()).map_err(sys_io(format!("open {}", cg.path().display())))?;
+    let mut ca = [0u64; 11];
+    ca[0] = (libc::CLONE_NEWPID as u64) | CLONE_INTO_CGROUP;
+    ca[4] = libc::SIGCHLD as u64;
+    ca[10] = cg_dir.as_raw_fd() as u64;
+    // SAFETY: the supervisor is single-threaded until after this call; clone3 without a stack
+    // behaves like fork(2). `ca` is a valid struct clone_args (version 2, 88 bytes).
     let r = unsafe {
         libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+            libc::SYS_clone3,
+            ca.as_mut_ptr(),
+            std::mem::size_of_val(&ca),
         )
     };
+    drop(cg_dir);
     let init = match r {
         r if r < 0 => {
-            return Err(sys_io("clone(CLONE_NEWPID)")(
+            return Err(sys_io("clone3(CLONE_NEWPID|CLONE_INTO_CGROUP)")(
                 std::io::Error::last_os_error(),
             ))
         }
@@ -636,7 +647,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
 
     // The command child reports that its guard is in place (handing over the seccomp listener
     // on that backend); without that nothing runs.
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(crate::stop::Stop::new().map_err(sys_io("eventfd"))?);
     let ready = match &lsm {
         None => recv_fd(sup_end.as_raw_fd(), Duration::from_secs(30)).map(Some),
         Some(_) => recv_ready(sup_end.as_raw_fd(), Duration::from_secs(30)).map(|()| None),
@@ -716,8 +727,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         std::thread::Builder::new()
             .name("timeout".into())
             .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
+                while !stop.is_set() {
+                    stop.wait(None, Duration::from_millis(100));
                     sup.expire(timeout);
                 }
             })
@@ -732,14 +743,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                     report.record("exec", serde_json::to_value(&ev).unwrap_or_default());
                 };
                 loop {
-                    let done = stop.load(Ordering::Relaxed);
-                    let mut pfd = libc::pollfd {
-                        fd: observer.ring_fd().as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    let done = stop.is_set();
+                    stop.wait(Some(observer.ring_fd().as_raw_fd()), Duration::from_secs(1));
                     observer.drain(&mut emit);
                     if done {
                         return observer;
@@ -762,7 +767,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     };
     cg.destroy();
     // The seccomp worker ends when no process is left under the filter; the LSM worker on stop.
-    stop.store(true, Ordering::Relaxed);
+    stop.set();
     let _ = worker.join();
     decider.end();
     if let Some(l) = &lsm {
@@ -783,7 +788,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
 }
 
 /// The sources of an error, joined by ": ".
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = Vec::new();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -792,6 +797,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     parts.join(": ")
 }
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Removes the control socket when the session ends, however it ends.
 struct SockGuard(PathBuf);
@@ -920,8 +928,17 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan) -> ! {
         libc::prctl(libc::PR_SET_NAME, c"sandbox-init".as_ptr());
         libc::prctl(libc::PR_SET_DUMPABLE, 0);
     }
-    if let Err(e) = cg.add(0) {
-        child_fail("join the session cgroup", e);
+    // Born in the session cgroup (CLONE_INTO_CGROUP): check rather than trust.
+    match std::fs::read_to_string("/proc/self/cgroup") {
+        Ok(c)
+            if c.lines().any(|l| {
+                l.strip_prefix("0::")
+                    .is_some_and(|p| cg.path().ends_with(p.trim_start_matches('/')))
+            }) => {}
+        _ => child_fail(
+            "join the session cgroup",
+            "not in the session cgroup after clone3",
+        ),
     }
     let flags = nix::sched::CloneFlags::CLONE_NEWNS
         | nix::sched::CloneFlags::CLONE_NEWIPC

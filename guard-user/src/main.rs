@@ -10,6 +10,7 @@ mod hold;
 mod launch;
 mod profile;
 mod report;
+mod stop;
 
 use std::process::ExitCode;
 

@@ -12,7 +12,6 @@ use std::collections::HashMap as StdHashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,7 +112,12 @@ fn hook_exists(btf: &Btf, hook: &str) -> bool {
 /// Whether this kernel loads BPF LSM programs: tries to load one (the lsm list proves nothing).
 pub fn probe() -> Result<(), LsmError> {
     let btf = Btf::from_sys_fs().map_err(LsmError::Btf)?;
-    let mut ebpf = load_object(&btf)?;
+    probe_with(&btf)
+}
+
+/// [`probe`] with the kernel's BTF already parsed.
+pub fn probe_with(btf: &Btf) -> Result<(), LsmError> {
+    let mut ebpf = load_object(btf)?;
     let p: &mut Lsm = ebpf
         .program_mut("path_unlink")
         .ok_or(LsmError::Missing("program path_unlink"))?
@@ -122,11 +126,40 @@ pub fn probe() -> Result<(), LsmError> {
             name: "path_unlink",
             source,
         })?;
-    p.load("path_unlink", &btf)
+    p.load("path_unlink", btf)
         .map_err(|source| LsmError::Program {
             name: "path_unlink",
             source,
         })
+}
+
+/// [`probe_with`], remembered for the rest of this boot in `<state dir>/lsm-probe` (whether a
+/// kernel loads LSM programs does not change while it runs, and probing costs a whole object
+/// load). Returns the refusal as text.
+pub fn probe_cached(state: &std::path::Path, btf: &Btf) -> Result<(), String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot = boot.trim();
+    let cache = state.join("lsm-probe");
+    if let Ok(text) = std::fs::read_to_string(&cache) {
+        let mut lines = text.splitn(2, '\n');
+        if !boot.is_empty() && lines.next() == Some(boot) {
+            let rest = lines.next().unwrap_or("").trim_end();
+            return if rest == "ok" {
+                Ok(())
+            } else {
+                Err(rest.to_string())
+            };
+        }
+    }
+    let r = probe_with(btf).map_err(|e| format!("{e}: {}", crate::launch::error_chain(&e)));
+    if !boot.is_empty() {
+        let text = format!(
+            "{boot}\n{}\n",
+            r.as_ref().err().map(String::as_str).unwrap_or("ok")
+        );
+        let _ = std::fs::write(&cache, text);
+    }
+    r
 }
 
 /// A thread stopped on a hold.
@@ -198,14 +231,14 @@ impl LsmSupervisor {
         prot: Arc<Protection>,
         report: Arc<Reporter>,
         cgroup_id: u64,
+        btf: &Btf,
     ) -> Result<Self, LsmError> {
         if prot.roots().len() > MAX_ROOTS as usize {
             return Err(LsmError::TooManyRoots);
         }
-        let btf = Btf::from_sys_fs().map_err(LsmError::Btf)?;
-        let mut ebpf = load_object(&btf)?;
+        let mut ebpf = load_object(btf)?;
         for &hook in HOOKS {
-            if OPTIONAL_HOOKS.contains(&hook) && !hook_exists(&btf, hook) {
+            if OPTIONAL_HOOKS.contains(&hook) && !hook_exists(btf, hook) {
                 tracing::info!(hook, "LSM hook not in this kernel; skipped");
                 continue;
             }
@@ -215,7 +248,7 @@ impl LsmSupervisor {
                 .ok_or(LsmError::Missing("an LSM program"))?
                 .try_into()
                 .map_err(err)?;
-            p.load(hook, &btf).map_err(err)?;
+            p.load(hook, btf).map_err(err)?;
             p.attach().map_err(err)?;
         }
         {
@@ -226,7 +259,7 @@ impl LsmSupervisor {
                 .ok_or(LsmError::Missing(name))?
                 .try_into()
                 .map_err(err)?;
-            p.load(name, &btf).map_err(err)?;
+            p.load(name, btf).map_err(err)?;
             p.attach().map_err(err)?;
         }
         let mut maps = Maps {
@@ -289,19 +322,13 @@ impl LsmSupervisor {
     }
 
     /// Reads hold events until `stop` is set.
-    pub fn run(&self, stop: &AtomicBool) {
+    pub fn run(&self, stop: &crate::stop::Stop) {
         let fd = {
             let ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
             ev.as_fd().as_raw_fd()
         };
-        while !stop.load(Ordering::Relaxed) {
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 100) };
+        while !stop.is_set() {
+            stop.wait(Some(fd), Duration::from_secs(1));
             let mut recs = Vec::new();
             {
                 let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
