@@ -645,6 +645,13 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     };
     drop(plan);
 
+    // SIGURG interrupts the notify thread's blocking receive at the end (no SA_RESTART).
+    {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        let sa = SigAction::new(SigHandler::Handler(noop), SaFlags::empty(), SigSet::empty());
+        // SAFETY: installing a no-op handler.
+        let _ = unsafe { sigaction(Signal::SIGURG, &sa) };
+    }
     // The command child reports that its guard is in place (handing over the seccomp listener
     // on that backend); without that nothing runs.
     let stop = Arc::new(crate::stop::Stop::new().map_err(sys_io("eventfd"))?);
@@ -665,6 +672,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         }
     };
     let worker;
+    let mut seccomp_sup: Option<Arc<Supervisor>> = None;
     let decider: Arc<dyn Decider> = match (lsm.clone(), listener) {
         (Some(l), _) => {
             let stop = stop.clone();
@@ -682,12 +690,14 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                 holds: Holds::default(),
                 listener: Listener::new(fd),
                 report: report.clone(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             });
             let s2 = sup.clone();
             worker = std::thread::Builder::new()
                 .name("notify".into())
                 .spawn(move || s2.run())
                 .map_err(sys_io("spawn"))?;
+            seccomp_sup = Some(sup.clone());
             sup
         }
         (None, None) => return Err(RunError::Child),
@@ -768,6 +778,20 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     cg.destroy();
     // The seccomp worker ends when no process is left under the filter; the LSM worker on stop.
     stop.set();
+    if let Some(sup) = &seccomp_sup {
+        // The notify thread blocks in the kernel: interrupt it until it has seen the stop.
+        sup.stop();
+        while !worker.is_finished() {
+            // SAFETY: the thread is alive (not finished); SIGURG has a no-op handler.
+            unsafe {
+                libc::pthread_kill(
+                    std::os::unix::thread::JoinHandleExt::as_pthread_t(&worker),
+                    libc::SIGURG,
+                )
+            };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     let _ = worker.join();
     decider.end();
     if let Some(l) = &lsm {

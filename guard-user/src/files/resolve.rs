@@ -25,7 +25,9 @@ pub fn read_cstr(pid: u32, addr: u64) -> io::Result<OsString> {
     while out.len() < PATH_MAX {
         // Never read across a page boundary in one go: the next page may be unmapped.
         let page_left = 4096 - (cur as usize & 4095);
-        let want = page_left.min(PATH_MAX - out.len());
+        // Most paths are short: a small first read, then up to page boundaries.
+        let first = if out.is_empty() { 256 } else { 4096 };
+        let want = page_left.min(PATH_MAX - out.len()).min(first);
         let mut buf = [0u8; 4096];
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),

@@ -295,11 +295,6 @@ impl Listener {
         Listener(fd)
     }
 
-    /// The raw fd (for poll).
-    pub fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-
     /// Waits for the next notification. `Ok(None)` when the call was interrupted or the
     /// notifying task went away before it was read.
     pub fn recv(&self) -> io::Result<Option<Notif>> {

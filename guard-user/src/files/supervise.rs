@@ -271,6 +271,8 @@ pub struct Supervisor {
     pub listener: Listener,
     /// Where holds and decisions are reported.
     pub report: Arc<Reporter>,
+    /// Set when the session ends (see [`Supervisor::stop`]).
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// What to do with a notification.
@@ -291,36 +293,27 @@ fn sys_arg_i32(v: u64) -> i32 {
 }
 
 impl Supervisor {
-    /// Answers notifications until every process under the filter is gone.
+    /// Answers notifications until [`Supervisor::stop`] (blocking in the kernel between them:
+    /// one system call per notification, no poll).
     pub fn run(&self) {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.listener.raw(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-            if r < 0 {
-                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
+        while !self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            match self.listener.recv() {
+                Ok(Some(n)) => self.handle(&n),
+                // Interrupted (by `stop`) or the task went away before we read it.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "seccomp receive failed");
+                    return;
                 }
-                tracing::error!(error = %io::Error::last_os_error(), "poll on the seccomp listener failed");
-                return;
-            }
-            if pfd.revents & libc::POLLIN != 0 {
-                match self.listener.recv() {
-                    Ok(Some(n)) => self.handle(&n),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "seccomp receive failed");
-                        return;
-                    }
-                }
-            } else if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-                return;
             }
         }
+    }
+
+    /// Makes [`Supervisor::run`] return: call after the session's processes are gone, then
+    /// interrupt the thread (SIGURG) until it has.
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn handle(&self, n: &Notif) {
