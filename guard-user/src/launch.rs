@@ -436,10 +436,26 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let patterns = crate::profile::PatternSet::new(&patterns)
         .map_err(|e| RunError::Usage(format!("profile patterns: {e}")))?;
     let prot = Arc::new(Protection::with_patterns(&protect, Some(patterns))?);
+    // What this version parses but does not enforce yet is said at start and recorded, never
+    // silently dropped.
+    let mut not_enforced: Vec<&str> = Vec::new();
     if !pf.protect_writes_paths.is_empty() || !pf.protect_writes_patterns.is_empty() {
-        // Holding every write is not enforced yet: those paths are protected against removal,
-        // renaming and truncation, which is said at start rather than silently.
-        tracing::warn!("protect_writes: writes that do not truncate are not held yet (removal, rename and truncation are)");
+        not_enforced.push(
+            "files.protect_writes holds removal, rename and truncation only, not other writes",
+        );
+    }
+    let net = &profile.network;
+    if net.mode.is_some()
+        || !net.allow.is_empty()
+        || !net.inspect.is_empty()
+        || !net.hold.is_empty()
+        || !net.hold_connect.is_empty()
+        || net.unknown_hosts.is_some()
+    {
+        not_enforced.push("[network] (the session shares the host's network)");
+    }
+    if !profile.commands.hold.is_empty() {
+        not_enforced.push("[commands] hold (commands are audited, not held)");
     }
     // The kernel's type information, parsed once for every program this run loads.
     let btf = aya::Btf::from_sys_fs().map_err(crate::exec::ExecError::Btf)?;
@@ -526,6 +542,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                "profile": args.profile, "profile_sources": profile.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                "risk": {"must_survive": profile.risk.must_survive, "rollback": profile.risk.rollback},
                "protect_patterns": profile.files.protect_patterns.patterns(), "skipped_missing": skipped,
+               "not_enforced": not_enforced,
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
                "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
     );
@@ -540,6 +557,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             if prot.roots().len() == 1 { "" } else { "s" },
             if pats > 0 { format!(", {pats} pattern{}", if pats == 1 { "" } else { "s" }) } else { String::new() },
         );
+        for n in &not_enforced {
+            eprintln!("sandbox: not enforced by this version: {n}");
+        }
         if !profile.risk.is_empty() {
             eprintln!(
                 "sandbox: must survive: {}; rollback: {}",
