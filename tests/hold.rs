@@ -8,15 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{privileged, text, World};
+use common::{count_files, decide_first, deny_all, make_tree, privileged, text, World};
 
 const T: Duration = Duration::from_secs(30);
-
-fn hold_then(w: &World, session: &str, verb: &str) -> serde_json::Value {
-    let h = w.wait_hold(session, T);
-    w.decide(verb, h["id"].as_str().unwrap(), &[]);
-    h
-}
 
 #[test]
 fn rm_of_protected_file_is_held_until_denied() {
@@ -27,7 +21,7 @@ fn rm_of_protected_file_is_held_until_denied() {
     let f = w.file("prod/db.sqlite", "precious");
     let prot = w.work.join("prod");
     let r = w.run("deny1", &[&prot], &[], &format!("rm {}", f.display()));
-    let h = hold_then(&w, "deny1", "deny");
+    let h = decide_first(&w, "deny1", "deny");
     assert_eq!(h["kind"], "unlink");
     assert_eq!(h["target"], f.display().to_string());
     assert!(h["rule"].as_str().unwrap().contains("prod"));
@@ -54,36 +48,11 @@ fn rm_of_protected_file_proceeds_when_approved() {
         &[],
         &format!("rm {} && echo removed", f.display()),
     );
-    hold_then(&w, "appr1", "approve");
+    decide_first(&w, "appr1", "approve");
     let out = r.finish(T);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
     assert!(!f.exists());
-}
-
-fn make_tree(w: &World, n: usize) -> std::path::PathBuf {
-    let root = w.dir("tree");
-    for d in 0..10 {
-        let sub = root.join(format!("d{d}/inner"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for i in 0..n / 10 {
-            std::fs::write(sub.join(format!("f{i}")), "x").unwrap();
-        }
-    }
-    common::chown_tree(&root);
-    root
-}
-
-fn count_files(p: &Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(p).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            n += count_files(&e.path());
-        } else {
-            n += 1;
-        }
-    }
-    n
 }
 
 #[test]
@@ -99,7 +68,7 @@ fn rm_rf_of_protected_tree_needs_one_decision_and_deny_keeps_every_file() {
         r = root.display()
     );
     let r = w.run("tree-deny", &[&root], &[], &script);
-    hold_then(&w, "tree-deny", "deny");
+    decide_first(&w, "tree-deny", "deny");
     let out = r.finish(T);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("rm=1"),
@@ -124,7 +93,7 @@ fn rm_rf_of_protected_tree_needs_one_decision_and_approve_removes_it() {
     let root = make_tree(&w, 1000);
     let script = format!("touch {r}/late; rm -rf {r}; echo rm=$?", r = root.display());
     let r = w.run("tree-appr", &[&root], &[], &script);
-    hold_then(&w, "tree-appr", "approve");
+    decide_first(&w, "tree-appr", "approve");
     let out = r.finish(T);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("rm=0"),
@@ -135,30 +104,6 @@ fn rm_rf_of_protected_tree_needs_one_decision_and_approve_removes_it() {
     let log = w.log("tree-appr");
     assert_eq!(log.iter().filter(|l| l["kind"] == "hold").count(), 1);
     assert!(log.iter().filter(|l| l["kind"] == "applied").count() > 1000);
-}
-
-/// Runs `script` in a session protecting `prot`, denying every hold; returns (holds, output).
-fn deny_all(
-    w: &World,
-    session: &str,
-    prot: &Path,
-    script: &str,
-) -> (Vec<serde_json::Value>, std::process::Output) {
-    let mut r = w.run(session, &[prot], &[], script);
-    let mut seen = Vec::new();
-    let t0 = std::time::Instant::now();
-    loop {
-        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
-            w.decide("deny", h["id"].as_str().unwrap(), &["--scope", "once"]);
-            seen.push(h);
-        }
-        if r.child.try_wait().unwrap().is_some() {
-            break;
-        }
-        assert!(t0.elapsed() < T, "session {session} did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (seen, r.finish(T))
 }
 
 #[test]
@@ -190,7 +135,7 @@ fn every_destructive_path_to_a_protected_file_is_held() {
         ("rmdir-tree", "unlink", format!("rm -rf {}", prot.display())),
     ];
     for (name, kind, script) in cases {
-        let (holds, out) = deny_all(&w, name, &prot, &script);
+        let (holds, out) = deny_all(&w, &[], name, &prot, &script);
         assert!(
             !holds.is_empty(),
             "{name}: nothing was held\n{}",
@@ -227,7 +172,7 @@ fn hard_links_to_protected_files_are_held() {
         f = f.display(),
         l = link.display()
     );
-    let (holds, out) = deny_all(&w, "links", &prot, &script);
+    let (holds, out) = deny_all(&w, &[], "links", &prot, &script);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("linked"),
         "{}",
@@ -249,7 +194,7 @@ fn hard_links_to_protected_files_are_held() {
     // A link made before the session is held too.
     let pre = w.work.join("pre");
     std::fs::hard_link(&f, &pre).unwrap();
-    let (holds, _) = deny_all(&w, "links2", &prot, &format!("rm {}", pre.display()));
+    let (holds, _) = deny_all(&w, &[], "links2", &prot, &format!("rm {}", pre.display()));
     assert_eq!(holds.len(), 1);
     assert!(pre.exists());
 }
@@ -270,7 +215,7 @@ fn racing_path_flips_delete_nothing_protected() {
         harmless.display(),
         f.display()
     );
-    let (_, out) = deny_all(&w, "race", &prot, &script);
+    let (_, out) = deny_all(&w, &[], "race", &prot, &script);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("tries="),
         "{}",
@@ -293,7 +238,7 @@ fn io_uring_cannot_be_set_up_and_the_file_survives() {
     let prot = w.dir("p");
     let f = w.file("p/f", "keep");
     let p = common::prog("uring_unlink");
-    let (holds, out) = deny_all(&w, "uring", &prot, &p.display().to_string());
+    let (holds, out) = deny_all(&w, &[], "uring", &prot, &p.display().to_string());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("errno=1"),
@@ -315,6 +260,7 @@ fn the_32_bit_syscall_entry_is_refused() {
     let p = common::prog("int80_unlink");
     let (_, out) = deny_all(
         &w,
+        &[],
         "int80",
         &prot,
         &format!("{} {}", p.display(), f.display()),
@@ -340,7 +286,7 @@ fn unprotected_files_are_never_held_and_outside_processes_are_not_affected() {
         free = w.work.join("free").display(),
         sib = w.work.join("sib").display()
     );
-    let (holds, out) = deny_all(&w, "free", &prot, &script);
+    let (holds, out) = deny_all(&w, &[], "free", &prot, &script);
     assert!(holds.is_empty(), "{holds:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("done"),
@@ -408,8 +354,6 @@ fn killing_the_supervisor_during_a_hold_leaves_the_file_and_no_process() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let cg = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let _ = cg;
     assert!(f.exists(), "the protected file was removed");
     std::thread::sleep(Duration::from_millis(200));
     assert!(
@@ -441,7 +385,7 @@ fn the_audit_log_records_exec_hold_and_decision_and_verify_detects_edits() {
         &[],
         &format!("/bin/echo hi; rm {}", f.display()),
     );
-    hold_then(&w, "audit", "deny");
+    decide_first(&w, "audit", "deny");
     r.finish(T);
     let log = w.log("audit");
     assert_eq!(log[0]["kind"], "session_start");

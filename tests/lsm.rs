@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{text, World};
+use common::{count_files, decide_first, deny_all, make_tree, text, World};
 
 const T: Duration = Duration::from_secs(120);
 const LSM: &[&str] = &["--backend", "lsm"];
@@ -38,36 +38,6 @@ fn lsm_available() -> bool {
     }
     eprintln!("SKIP: this kernel refuses BPF LSM programs (run `cargo xtask vm-test`)");
     false
-}
-
-fn decide_first(w: &World, session: &str, verb: &str) -> serde_json::Value {
-    let h = w.wait_hold(session, T);
-    w.decide(verb, h["id"].as_str().unwrap(), &[]);
-    h
-}
-
-/// Runs `script` under the LSM backend, denying every hold once; returns (holds, output).
-fn deny_all(
-    w: &World,
-    session: &str,
-    prot: &Path,
-    script: &str,
-) -> (Vec<serde_json::Value>, std::process::Output) {
-    let mut r = w.run(session, &[prot], LSM, script);
-    let mut seen = Vec::new();
-    let t0 = Instant::now();
-    loop {
-        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
-            w.decide("deny", h["id"].as_str().unwrap(), &["--scope", "once"]);
-            seen.push(h);
-        }
-        if r.child.try_wait().unwrap().is_some() {
-            break;
-        }
-        assert!(t0.elapsed() < T, "session {session} did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (seen, r.finish(T))
 }
 
 #[test]
@@ -112,40 +82,13 @@ fn lsm_rm_of_protected_file_is_held_until_denied_then_approved() {
     assert!(w.log("lsm-appr")[0]["backend"] == "lsm");
 }
 
-fn tree(w: &World, n: usize) -> std::path::PathBuf {
-    let root = w.dir("tree");
-    for d in 0..10 {
-        let sub = root.join(format!("d{d}/in"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for i in 0..n / 10 {
-            std::fs::write(sub.join(format!("f{i}")), "x").unwrap();
-        }
-    }
-    common::chown_tree(&root);
-    root
-}
-
-fn count(p: &Path) -> usize {
-    std::fs::read_dir(p)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            if e.file_type().unwrap().is_dir() {
-                count(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
-}
-
 #[test]
 fn lsm_rm_rf_of_a_protected_tree_needs_one_decision_either_way() {
     if !lsm_available() {
         return;
     }
     let w = World::new();
-    let root = tree(&w, 1000);
+    let root = make_tree(&w, 1000);
     let script = format!(
         "mkdir -p {r}/new && touch {r}/new/late; rm -rf {r}; echo rc=$?",
         r = root.display()
@@ -158,7 +101,7 @@ fn lsm_rm_rf_of_a_protected_tree_needs_one_decision_either_way() {
         "{}",
         text(&out)
     );
-    assert_eq!(count(&root), 1001);
+    assert_eq!(count_files(&root), 1001);
     assert_eq!(
         w.log("lsm-tree-deny")
             .iter()
@@ -245,7 +188,7 @@ fn lsm_holds_every_destructive_path() {
         ),
     ];
     for (name, kind, script) in cases {
-        let (holds, out) = deny_all(&w, name, &prot, &script);
+        let (holds, out) = deny_all(&w, LSM, name, &prot, &script);
         assert!(
             !holds.is_empty(),
             "{name}: nothing was held\n{}",
@@ -280,7 +223,7 @@ fn lsm_hard_links_of_protected_files_are_held() {
         f = f.display(),
         l = link.display()
     );
-    let (holds, out) = deny_all(&w, "lsm-links", &prot, &script);
+    let (holds, out) = deny_all(&w, LSM, "lsm-links", &prot, &script);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("linked"),
         "{}",

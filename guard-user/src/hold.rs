@@ -395,6 +395,69 @@ pub trait Decider: Send + Sync {
     fn end(&self);
 }
 
+/// A backend that holds operations: what it keeps pending and how it carries a decision out.
+/// Every such backend is a [`Decider`] (the blanket implementation below), so the rules of
+/// deciding, timing out and ending live in one place.
+pub trait HoldBackend: Send + Sync {
+    /// The backend's pending operation.
+    type Op: Send;
+    /// Its holds.
+    fn holds(&self) -> &Holds<Self::Op>;
+    /// Where decisions are reported.
+    fn reporter(&self) -> &crate::report::Reporter;
+    /// Lets the operation go on (allow) or fail with EPERM (deny).
+    fn carry_out(&self, op: Self::Op, verdict: Verdict);
+    /// Called once per decision with the first hold it decided, before anything is carried out
+    /// (a backend may keep a standing decision closer to the kernel).
+    fn stand(
+        &self,
+        _first: &HoldInfo,
+        _verdict: Verdict,
+        _scope: Scope,
+        _duration: Option<Duration>,
+    ) {
+    }
+
+    /// Reports and carries out decided holds.
+    fn finish(&self, decided: Vec<Decided<Self::Op>>, by: &str) {
+        for d in decided {
+            self.reporter().decided(&d.info, d.verdict, by, d.waited);
+            self.carry_out(d.op, d.verdict);
+        }
+    }
+}
+
+impl<B: HoldBackend> Decider for B {
+    fn pending(&self) -> Vec<HoldInfo> {
+        self.holds().list()
+    }
+
+    fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        scope: Scope,
+        duration: Option<Duration>,
+        by: &str,
+    ) -> Result<Vec<String>, DecideError> {
+        let decided = self.holds().decide(id, verdict, scope, duration)?;
+        if let Some(first) = decided.first() {
+            self.stand(&first.info, verdict, scope, duration);
+        }
+        let ids = decided.iter().map(|d| d.info.id.clone()).collect();
+        self.finish(decided, by);
+        Ok(ids)
+    }
+
+    fn expire(&self, timeout: Duration) {
+        self.finish(self.holds().expired(timeout), "timeout");
+    }
+
+    fn end(&self) {
+        self.finish(self.holds().drain(), "session ended");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -635,6 +635,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     // A fork into a new pid namespace, born in the session's cgroup (CLONE_INTO_CGROUP: no
     // migration afterwards, which costs milliseconds). unshare(CLONE_NEWPID) would forbid the
     // supervisor's threads later.
+    let (life_r, life_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     let cg_dir =
         std::fs::File::open(cg.path()).map_err(sys_io(format!("open {}", cg.path().display())))?;
     let mut ca = [0u64; 11];
@@ -659,11 +661,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         }
         0 => {
             drop(sup_end);
-            init_main(&cg, plan)
+            drop(life_w);
+            init_main(&cg, plan, life_r)
         }
         child => Pid::from_raw(child as i32),
     };
     drop(plan);
+    drop(life_r);
+    // Kept open until the supervisor exits: the init sees it close if the supervisor dies early.
+    let _lifeline = life_w;
 
     // SIGURG interrupts the notify thread's blocking receive at the end (no SA_RESTART).
     {
@@ -964,14 +970,41 @@ fn child_fail(what: &str, e: impl std::fmt::Display) -> ! {
 }
 
 /// The pid-1 process of the session.
-fn init_main(cg: &SessionCgroup, plan: ChildPlan) -> ! {
+fn init_main(cg: &SessionCgroup, plan: ChildPlan, lifeline: OwnedFd) -> ! {
     use nix::mount::{mount, MsFlags};
-    // SAFETY: prctl with integer arguments.
+    // When the supervisor dies the init is told (a catchable death signal, not SIGKILL), kills
+    // every process of the session while their held calls are still held, and only then exits
+    // and lets go of its copy of the seccomp listener. (Dying at once would release the listener
+    // before the pid namespace is torn down, and a held call would return ENOSYS to a process
+    // that could still run for a moment.)
+    let gone = supervisor_gone_signal();
+    // SAFETY: a no-op handler (pid 1 drops SIG_DFL signals), blocked for sigtimedwait; prctl
+    // with integer arguments.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, gone);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signal(gone, noop as *const () as libc::sighandler_t);
+        libc::prctl(libc::PR_SET_PDEATHSIG, gone);
         libc::prctl(libc::PR_SET_NAME, c"sandbox-init".as_ptr());
         libc::prctl(libc::PR_SET_DUMPABLE, 0);
     }
+    // The supervisor may have died before the death signal was armed: its end of the lifeline
+    // pipe is then closed.
+    let mut pfd = libc::pollfd {
+        fd: lifeline.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } > 0
+        && pfd.revents & (libc::POLLHUP | libc::POLLIN) != 0
+    {
+        // SAFETY: nothing was started yet.
+        unsafe { libc::_exit(137) }
+    }
+    drop(lifeline);
     // Born in the session cgroup (CLONE_INTO_CGROUP): check rather than trust.
     match std::fs::read_to_string("/proc/self/cgroup") {
         Ok(c)
@@ -1080,12 +1113,29 @@ fn init_loop(cmd: Pid, _listener_copy: Option<OwnedFd>) -> ! {
             tv_sec: 1,
             tv_nsec: 0,
         };
-        // SAFETY: valid set and timeout.
-        let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &ts) };
+        let mut set: libc::sigset_t = *sigs.as_ref();
+        // SAFETY: valid sets and timeout.
+        let sig = unsafe {
+            libc::sigaddset(&mut set, supervisor_gone_signal());
+            libc::sigtimedwait(&set, std::ptr::null_mut(), &ts)
+        };
+        if sig == supervisor_gone_signal() {
+            // The supervisor died: nothing of the session may run unguarded.
+            // SAFETY: kill(-1) from pid 1 reaches every other process of its pid namespace.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+            while !matches!(waitpid(None, None), Err(nix::errno::Errno::ECHILD)) {}
+            // SAFETY: leave without running anything else.
+            unsafe { libc::_exit(137) }
+        }
         if sig > 0 && sig != libc::SIGCHLD {
             let _ = nix::sys::signal::kill(cmd, nix::sys::signal::Signal::try_from(sig).ok());
         }
     }
+}
+
+/// The signal the init gets when the supervisor dies (PR_SET_PDEATHSIG).
+fn supervisor_gone_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
 }
 
 /// The command process: drops everything and execs.

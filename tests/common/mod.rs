@@ -170,6 +170,73 @@ impl World {
     }
 }
 
+/// Waits for the first hold of `session` and decides it (`approve` or `deny`); returns it.
+pub fn decide_first(w: &World, session: &str, verb: &str) -> Value {
+    let h = w.wait_hold(session, Duration::from_secs(120));
+    w.decide(verb, h["id"].as_str().expect("hold id"), &[]);
+    h
+}
+
+/// Runs `script` in a session protecting `prot` (with `extra` options), denying every hold
+/// once as it comes; returns (the holds, the output).
+pub fn deny_all(
+    w: &World,
+    extra: &[&str],
+    session: &str,
+    prot: &Path,
+    script: &str,
+) -> (Vec<Value>, Output) {
+    let timeout = Duration::from_secs(120);
+    let mut r = w.run(session, &[prot], extra, script);
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
+            w.decide(
+                "deny",
+                h["id"].as_str().expect("hold id"),
+                &["--scope", "once"],
+            );
+            seen.push(h);
+        }
+        if r.child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        assert!(t0.elapsed() < timeout, "session {session} did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (seen, r.finish(timeout))
+}
+
+/// A test-user-owned tree `tree/` of `n` files in 10 nested directories.
+pub fn make_tree(w: &World, n: usize) -> PathBuf {
+    let root = w.dir("tree");
+    for d in 0..10 {
+        let sub = root.join(format!("d{d}/inner"));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        for i in 0..n / 10 {
+            std::fs::write(sub.join(format!("f{i}")), "x").expect("write");
+        }
+    }
+    chown_tree(&root);
+    root
+}
+
+/// Number of non-directories below `p`.
+pub fn count_files(p: &Path) -> usize {
+    std::fs::read_dir(p)
+        .expect("read_dir")
+        .flatten()
+        .map(|e| {
+            if e.file_type().expect("file type").is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
 /// A running `sandbox run`; killed (with its whole session) if dropped unfinished.
 pub struct Running {
     pub child: Child,

@@ -25,9 +25,7 @@ use guard_common::files::{
 };
 
 use super::Protection;
-use crate::hold::{
-    Admission, DecideError, Decided, Decider, HoldInfo, Holds, ProcKey, Scope, Verdict,
-};
+use crate::hold::{Admission, HoldBackend, HoldInfo, Holds, ProcKey, Scope, Verdict};
 use crate::report::Reporter;
 
 /// The LSM hooks of the file hold; `file_truncate` exists from Linux 6.2 on.
@@ -456,35 +454,6 @@ impl LsmSupervisor {
         }
     }
 
-    /// Writes the decision for the thread's hold and continues the process once it has stopped.
-    fn carry_out(&self, p: LsmPending, v: Verdict) {
-        let verdict = if v == Verdict::Allow {
-            VERDICT_ALLOW
-        } else {
-            VERDICT_DENY
-        };
-        let d = Decision {
-            seq: p.seq,
-            verdict,
-            _pad: 0,
-        };
-        if let Err(e) = self.maps().decisions.insert(p.tid, d, 0) {
-            tracing::error!(error = %e, tid = p.tid, "cannot write a decision; the thread stays held");
-            return;
-        }
-        // A SIGCONT that overtook the hook's SIGSTOP would cancel it; wait for the stop first.
-        wait_stopped(p.tid, Duration::from_secs(2));
-        // SAFETY: plain kill.
-        unsafe { libc::kill(p.pid as i32, libc::SIGCONT) };
-    }
-
-    fn finish(&self, decided: Vec<Decided<LsmPending>>, by: &str) {
-        for d in decided {
-            self.report.decided(&d.info, d.verdict, by, d.waited);
-            self.carry_out(d.op, d.verdict);
-        }
-    }
-
     /// Stops holding for this session (the cgroup is about to go).
     pub fn unregister(&self, cgroup_id: u64) {
         let _ = self.maps().sessions.remove(&cgroup_id);
@@ -509,50 +478,58 @@ fn wait_stopped(tid: u32, max: Duration) {
     }
 }
 
-impl Decider for LsmSupervisor {
-    fn pending(&self) -> Vec<HoldInfo> {
-        self.holds.list()
+impl HoldBackend for LsmSupervisor {
+    type Op = LsmPending;
+
+    fn holds(&self) -> &Holds<LsmPending> {
+        &self.holds
     }
 
-    fn decide(
-        &self,
-        id: &str,
-        verdict: Verdict,
-        scope: Scope,
-        duration: Option<Duration>,
-        by: &str,
-    ) -> Result<Vec<String>, DecideError> {
-        let decided = self.holds.decide(id, verdict, scope, duration)?;
-        // A per-process decision without an end stands in the kernel: later operations of the
-        // process on the same root need no round trip at all.
-        if scope == Scope::Process && duration.is_none() {
-            if let (Some(first), v) = (decided.first(), verdict) {
-                if let Some(root) = first.info.root {
-                    let k = StandingKey {
-                        tgid: first.info.pid,
-                        root: root as u32,
-                    };
-                    let val = if v == Verdict::Allow {
-                        VERDICT_ALLOW
-                    } else {
-                        VERDICT_DENY
-                    };
-                    if let Err(e) = self.maps().standing.insert(k, val, 0) {
-                        tracing::warn!(error = %e, "standing decision kept in user space only");
-                    }
-                }
+    fn reporter(&self) -> &Reporter {
+        &self.report
+    }
+
+    /// Writes the decision for the thread's hold and continues the process once it has stopped.
+    fn carry_out(&self, p: LsmPending, v: Verdict) {
+        let verdict = if v == Verdict::Allow {
+            VERDICT_ALLOW
+        } else {
+            VERDICT_DENY
+        };
+        let d = Decision {
+            seq: p.seq,
+            verdict,
+            _pad: 0,
+        };
+        if let Err(e) = self.maps().decisions.insert(p.tid, d, 0) {
+            tracing::error!(error = %e, tid = p.tid, "cannot write a decision; the thread stays held");
+            return;
+        }
+        // A SIGCONT that overtook the hook's SIGSTOP would cancel it; wait for the stop first.
+        wait_stopped(p.tid, Duration::from_secs(2));
+        // SAFETY: plain kill.
+        unsafe { libc::kill(p.pid as i32, libc::SIGCONT) };
+    }
+
+    /// A per-process decision without an end stands in the kernel: later operations of the
+    /// process on the same root need no round trip at all.
+    fn stand(&self, first: &HoldInfo, verdict: Verdict, scope: Scope, duration: Option<Duration>) {
+        if scope != Scope::Process || duration.is_some() {
+            return;
+        }
+        if let Some(root) = first.root {
+            let k = StandingKey {
+                tgid: first.pid,
+                root: root as u32,
+            };
+            let val = if verdict == Verdict::Allow {
+                VERDICT_ALLOW
+            } else {
+                VERDICT_DENY
+            };
+            if let Err(e) = self.maps().standing.insert(k, val, 0) {
+                tracing::warn!(error = %e, "standing decision kept in user space only");
             }
         }
-        let ids = decided.iter().map(|d| d.info.id.clone()).collect();
-        self.finish(decided, by);
-        Ok(ids)
-    }
-
-    fn expire(&self, timeout: Duration) {
-        self.finish(self.holds.expired(timeout), "timeout");
-    }
-
-    fn end(&self) {
-        self.finish(self.holds.drain(), "session ended");
     }
 }

@@ -12,14 +12,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::resolve::{self, PinnedDir, Target};
 use super::seccomp::{Listener, Notif};
 use super::{Class, Protection};
-use crate::hold::{
-    Admission, DecideError, Decided, Decider, HoldInfo, Holds, ProcKey, Scope, Verdict,
-};
+use crate::hold::{Admission, HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
 use crate::report::Reporter;
 
 /// A resolved operation the supervisor can carry out on the process's behalf.
@@ -682,9 +680,21 @@ impl Supervisor {
             }
         }
     }
+}
+
+impl HoldBackend for Supervisor {
+    type Op = Pending;
+
+    fn holds(&self) -> &Holds<Pending> {
+        &self.holds
+    }
+
+    fn reporter(&self) -> &Reporter {
+        &self.report
+    }
 
     /// Answers a decided hold: performs it (approve) or fails it with EPERM (deny).
-    pub fn carry_out(&self, p: Pending, verdict: Verdict) {
+    fn carry_out(&self, p: Pending, verdict: Verdict) {
         if !self.listener.valid(p.notif) {
             return;
         }
@@ -699,42 +709,6 @@ impl Supervisor {
                 }
             },
         }
-    }
-
-    /// Carries out and reports decided holds.
-    pub fn finish(&self, decided: Vec<Decided<Pending>>, by: &str) {
-        for d in decided {
-            self.report.decided(&d.info, d.verdict, by, d.waited);
-            self.carry_out(d.op, d.verdict);
-        }
-    }
-}
-
-impl Decider for Supervisor {
-    fn pending(&self) -> Vec<HoldInfo> {
-        self.holds.list()
-    }
-
-    fn decide(
-        &self,
-        id: &str,
-        verdict: Verdict,
-        scope: Scope,
-        duration: Option<Duration>,
-        by: &str,
-    ) -> Result<Vec<String>, DecideError> {
-        let decided = self.holds.decide(id, verdict, scope, duration)?;
-        let ids = decided.iter().map(|d| d.info.id.clone()).collect();
-        self.finish(decided, by);
-        Ok(ids)
-    }
-
-    fn expire(&self, timeout: Duration) {
-        self.finish(self.holds.expired(timeout), "timeout");
-    }
-
-    fn end(&self) {
-        self.finish(self.holds.drain(), "session ended");
     }
 }
 
