@@ -5,7 +5,8 @@
 //! Workload: create N files (100 directories) on the VM's tmpfs, then time only `rm -rf` of the
 //! tree, run as uid 65534: bare, under `sandbox run --backend lsm` and (where Landlock has ABI 3)
 //! `--backend seccomp`, each with a protected sibling directory so the guard is really active.
-//! Repetitions alternate between the variants; medians are reported.
+//! Only the `rm -rf` is timed (by this binary's `--timeit` mode, inside the sandbox), not the
+//! sandbox's start. Repetitions alternate between the variants; medians are reported.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,13 +35,15 @@ fn sandbox() -> &'static str {
     env!("CARGO_BIN_EXE_sandbox")
 }
 
+/// Runs `rm -rf TREE` through this binary's `--timeit` mode (bare, or inside `sandbox run`), so
+/// only the removal is timed, not the sandbox's start and stop.
 fn time_rm(variant: &str, base: &Path, tree: &Path) -> Duration {
+    let me = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let mut cmd = match variant {
         "bare" => {
-            let mut c = Command::new("rm");
+            let mut c = Command::new(&me);
             std::os::unix::process::CommandExt::uid(&mut c, UID);
             std::os::unix::process::CommandExt::gid(&mut c, UID);
-            c.arg("-rf").arg(tree);
             c
         }
         backend => {
@@ -55,19 +58,40 @@ fn time_rm(variant: &str, base: &Path, tree: &Path) -> Duration {
                 "--protect",
             ])
             .arg(base.join("prot"))
-            .args(["--", "rm", "-rf"])
-            .arg(tree)
-            .env("SANDBOX_STATE_DIR", base.join("state"))
-            .env("SANDBOX_LOG_DIR", base.join("logs"));
+            .arg("--")
+            .arg(&me)
+            .env("SANDBOX_STATE_DIR", "/run/guard-bench/state")
+            .env("SANDBOX_LOG_DIR", "/run/guard-bench/logs");
             c
         }
     };
-    let t0 = Instant::now();
-    let st = cmd.status().unwrap_or_else(|e| panic!("{variant}: {e}"));
-    let d = t0.elapsed();
-    assert!(st.success(), "{variant}: rm -rf failed: {st:?}");
+    cmd.args(["--timeit", "rm", "-rf"]).arg(tree);
+    let out = cmd.output().unwrap_or_else(|e| panic!("{variant}: {e}"));
+    assert!(
+        out.status.success(),
+        "{variant}: rm -rf failed: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!tree.exists(), "{variant}: the tree is still there");
-    d
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ns: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ELAPSED_NS="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{variant}: no timing in {text:?}"));
+    Duration::from_nanos(ns)
+}
+
+/// `--timeit CMD...`: runs CMD and prints its wall time.
+fn timeit(args: &[String]) -> ! {
+    let t0 = Instant::now();
+    let st = Command::new(&args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    println!("ELAPSED_NS={}", t0.elapsed().as_nanos());
+    std::process::exit(st.code().unwrap_or(1));
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -81,6 +105,10 @@ fn landlock_abi() -> i64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--timeit") {
+        timeit(&args[2..]);
+    }
     let files: usize = std::env::var("GUARD_BENCH_FILES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -94,6 +122,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(base.join("prot")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(base.join("prot/keep"), b"keep").unwrap_or_else(|e| panic!("{e}"));
+    // The test user removes the tree: it owns the directory the tree is in.
+    std::os::unix::fs::chown(&base, Some(UID), Some(UID)).unwrap_or_else(|e| panic!("{e}"));
     let mut variants = vec!["bare", "lsm"];
     if landlock_abi() >= 3 {
         variants.push("seccomp");

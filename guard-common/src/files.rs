@@ -85,6 +85,19 @@ pub struct StandingKey {
     pub root: u32,
 }
 
+/// A cached walk result for a directory (`DIR_CACHE`): valid while `gen` equals the current
+/// `RENAME_GEN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DirVerdict {
+    /// `RENAME_GEN` when the walk was made.
+    pub gen: u64,
+    /// Protected root index + 1, or 0 when the directory is not protected.
+    pub root_plus1: u32,
+    /// Levels from the directory up to that root.
+    pub depth: u32,
+}
+
 /// A new hold, sent to the user side on the `HOLD_EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -125,6 +138,7 @@ pub struct HoldRecord {
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Pending>() == 24);
 const _: () = assert!(core::mem::size_of::<Decision>() == 16);
+const _: () = assert!(core::mem::size_of::<DirVerdict>() == 16);
 const _: () =
     assert!(core::mem::size_of::<HoldRecord>() == 3 * 8 + 10 * 4 + 2 * MAX_NAMES * NAME_LEN);
 
@@ -140,3 +154,5 @@ unsafe impl aya::Pod for Decision {}
 unsafe impl aya::Pod for StandingKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HoldRecord {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DirVerdict {}

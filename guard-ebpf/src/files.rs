@@ -14,19 +14,29 @@ use core::ptr::addr_of_mut;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns, bpf_send_signal_thread},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns,
+            bpf_send_signal_thread,
+        },
     },
     macros::{btf_tracepoint, lsm},
     programs::{BtfTracePointContext, LsmContext},
 };
 use guard_common::files::{
-    HoldRecord, InodeKey, Pending, StandingKey, HOLD_ANCESTOR, HOLD_LINK, HOLD_RENAME_TARGET, MAX_DEPTH,
-    MAX_NAMES, MAX_ROOTS, NAME_LEN, OP_RENAME, OP_RMDIR, OP_TRUNCATE, OP_UNLINK, SESSION_FILE_HOLD, VERDICT_ALLOW,
+    DirVerdict, HoldRecord, InodeKey, Pending, StandingKey, HOLD_ANCESTOR, HOLD_LINK,
+    HOLD_RENAME_TARGET, MAX_DEPTH, MAX_NAMES, MAX_ROOTS, NAME_LEN, OP_RENAME, OP_RMDIR,
+    OP_TRUNCATE, OP_UNLINK, SESSION_FILE_HOLD, VERDICT_ALLOW,
 };
 
 use crate::{
-    kernel::{guard_dentry_key, guard_dentry_name, guard_dentry_parent, guard_file_dentry, guard_path_dentry, guard_task_flags},
-    maps::{DECISIONS, HOLD_EVENTS, PENDING, PROT_ANCESTORS, PROT_DIRS, PROT_INODES, SESSION_CGROUPS, STANDING},
+    kernel::{
+        guard_dentry_key, guard_dentry_name, guard_dentry_parent, guard_file_dentry,
+        guard_path_dentry, guard_task_flags,
+    },
+    maps::{
+        DECISIONS, DIR_CACHE, HOLD_EVENTS, PENDING, PROT_ANCESTORS, PROT_DIRS, PROT_INODES,
+        RENAME_GEN, SESSION_CGROUPS, STANDING,
+    },
 };
 
 const EPERM: i32 = 1;
@@ -55,32 +65,117 @@ fn key_of(d: *const c_void) -> Option<InodeKey> {
     Some(InodeKey { dev, _pad: 0, ino })
 }
 
-/// Walks from `d` up its `d_parent` chain looking for a protected root.
+fn generation() -> u64 {
+    match RENAME_GEN.get_ptr_mut(0) {
+        // SAFETY: a valid, aligned array slot; an aligned 64-bit load is atomic on BPF.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => u64::MAX,
+    }
+}
+
+/// Invalidates every cached directory verdict (a directory may have moved or been freed).
+fn bump_generation() {
+    if let Some(p) = RENAME_GEN.get_ptr_mut(0) {
+        // An atomic add (BPF_ATOMIC_ADD): `AtomicU64::fetch_add` is not offered for this target,
+        // and a plain increment could lose a bump and leave a stale verdict valid.
+        // SAFETY: a valid, aligned array slot.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+                p, 1,
+            )
+        };
+    }
+}
+
+/// Walks from `d` up its `d_parent` chain looking for a protected root; the verdict for the
+/// parent directory is cached (see `DIR_CACHE`).
 fn protected(d: *const c_void, ancestors_too: bool) -> Option<Match> {
     let own = key_of(d)?;
+    // SAFETY: map values are copied out at once.
+    if let Some(&root) = unsafe { PROT_DIRS.get(own) } {
+        return Some(Match {
+            root,
+            depth: 0,
+            flags: 0,
+        });
+    }
+    // SAFETY: the accessor only reads kernel memory.
+    let parent = unsafe { guard_dentry_parent(d) };
+    let mut found: Option<Match> = None;
+    if !parent.is_null() && parent != d {
+        if let Some(pk) = key_of(parent) {
+            let gen = generation();
+            // SAFETY: as above.
+            match unsafe { DIR_CACHE.get(pk) }.copied() {
+                Some(v) if v.gen == gen => {
+                    if v.root_plus1 != 0 {
+                        found = Some(Match {
+                            root: v.root_plus1 - 1,
+                            depth: v.depth + 1,
+                            flags: 0,
+                        });
+                    }
+                }
+                _ => {
+                    let walked = walk(parent);
+                    let v = DirVerdict {
+                        gen,
+                        root_plus1: walked.map_or(0, |m| m.root + 1),
+                        depth: walked.map_or(0, |m| m.depth),
+                    };
+                    let _ = DIR_CACHE.insert(pk, v, 0);
+                    found = walked.map(|m| Match {
+                        root: m.root,
+                        depth: m.depth + 1,
+                        flags: 0,
+                    });
+                }
+            }
+        }
+    }
+    if found.is_some() {
+        return found;
+    }
+    // SAFETY: as above.
+    if let Some(&root) = unsafe { PROT_INODES.get(own) } {
+        return Some(Match {
+            root,
+            depth: MAX_DEPTH + 1,
+            flags: HOLD_LINK,
+        });
+    }
+    if ancestors_too {
+        // SAFETY: as above.
+        if let Some(&root) = unsafe { PROT_ANCESTORS.get(own) } {
+            return Some(Match {
+                root,
+                depth: MAX_DEPTH + 1,
+                flags: HOLD_ANCESTOR,
+            });
+        }
+    }
+    None
+}
+
+/// The protected root at or above directory `d`, if any (bounded `d_parent` walk).
+fn walk(d: *const c_void) -> Option<Match> {
     let mut cur = d;
     for depth in 0..MAX_DEPTH {
-        let Some(k) = key_of(cur) else { break };
+        let k = key_of(cur)?;
         // SAFETY: map values are copied out at once.
-        if let Some(&root) = unsafe { PROT_DIRS.get(&k) } {
-            return Some(Match { root, depth, flags: 0 });
+        if let Some(&root) = unsafe { PROT_DIRS.get(k) } {
+            return Some(Match {
+                root,
+                depth,
+                flags: 0,
+            });
         }
         // SAFETY: the accessor only reads kernel memory.
         let parent = unsafe { guard_dentry_parent(cur) };
         if parent.is_null() || parent == cur {
-            break;
+            return None;
         }
         cur = parent;
-    }
-    // SAFETY: as above.
-    if let Some(&root) = unsafe { PROT_INODES.get(&own) } {
-        return Some(Match { root, depth: MAX_DEPTH + 1, flags: HOLD_LINK });
-    }
-    if ancestors_too {
-        // SAFETY: as above.
-        if let Some(&root) = unsafe { PROT_ANCESTORS.get(&own) } {
-            return Some(Match { root, depth: MAX_DEPTH + 1, flags: HOLD_ANCESTOR });
-        }
     }
     None
 }
@@ -88,7 +183,7 @@ fn protected(d: *const c_void, ancestors_too: bool) -> Option<Match> {
 fn session_has_file_hold() -> bool {
     // SAFETY: a helper without arguments; the map value is copied out.
     let cg = unsafe { bpf_get_current_cgroup_id() };
-    matches!(unsafe { SESSION_CGROUPS.get(&cg) }, Some(&f) if f & SESSION_FILE_HOLD != 0)
+    matches!(unsafe { SESSION_CGROUPS.get(cg) }, Some(&f) if f & SESSION_FILE_HOLD != 0)
 }
 
 fn fill_names(d: *const c_void, names: *mut [[u8; NAME_LEN]; MAX_NAMES]) -> u32 {
@@ -96,7 +191,8 @@ fn fill_names(d: *const c_void, names: *mut [[u8; NAME_LEN]; MAX_NAMES]) -> u32 
     let mut n = 0u32;
     for i in 0..MAX_NAMES {
         // SAFETY: names points into a reserved ring buffer record; the accessor bounds the copy.
-        let r = unsafe { guard_dentry_name(cur, addr_of_mut!((*names)[i]).cast(), NAME_LEN as u32) };
+        let r =
+            unsafe { guard_dentry_name(cur, addr_of_mut!((*names)[i]).cast(), NAME_LEN as u32) };
         if r <= 0 {
             break;
         }
@@ -117,7 +213,7 @@ fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // SAFETY: map values are copied out at once.
-    if let Some(&v) = unsafe { STANDING.get(&StandingKey { tgid, root: m.root }) } {
+    if let Some(&v) = unsafe { STANDING.get(StandingKey { tgid, root: m.root }) } {
         return if v == VERDICT_ALLOW { 0 } else { -EPERM };
     }
     // SAFETY: helper without arguments; the accessor reads kernel memory.
@@ -125,17 +221,23 @@ fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
     if task_flags & PF_IO_WORKER != 0 {
         return -EPERM;
     }
-    let Some(k) = key_of(target) else { return -EPERM };
+    let Some(k) = key_of(target) else {
+        return -EPERM;
+    };
     // SAFETY: map values are copied out at once.
-    if let Some(p) = unsafe { PENDING.get(&tid) }.copied() {
+    if let Some(p) = unsafe { PENDING.get(tid) }.copied() {
         if p.op == op && p.dev == k.dev && p.ino == k.ino {
             // The restarted call: consume its decision, exactly once.
             // SAFETY: as above.
-            if let Some(d) = unsafe { DECISIONS.get(&tid) }.copied() {
+            if let Some(d) = unsafe { DECISIONS.get(tid) }.copied() {
                 if d.seq == p.seq {
-                    let _ = DECISIONS.remove(&tid);
-                    let _ = PENDING.remove(&tid);
-                    return if d.verdict == VERDICT_ALLOW { 0 } else { -EPERM };
+                    let _ = DECISIONS.remove(tid);
+                    let _ = PENDING.remove(tid);
+                    return if d.verdict == VERDICT_ALLOW {
+                        0
+                    } else {
+                        -EPERM
+                    };
                 }
             }
             // Continued by someone other than the supervisor: stop again.
@@ -146,13 +248,18 @@ fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
     }
     // SAFETY: helper without arguments.
     let seq = unsafe { bpf_ktime_get_ns() };
-    let p = Pending { seq, op, dev: k.dev, ino: k.ino };
-    if PENDING.insert(&tid, &p, 0).is_err() {
+    let p = Pending {
+        seq,
+        op,
+        dev: k.dev,
+        ino: k.ino,
+    };
+    if PENDING.insert(tid, p, 0).is_err() {
         return -EPERM;
     }
     let Some(mut entry) = HOLD_EVENTS.reserve::<HoldRecord>(0) else {
         // Nobody would hear of this hold: fail closed.
-        let _ = PENDING.remove(&tid);
+        let _ = PENDING.remove(tid);
         return -EPERM;
     };
     let rec: *mut HoldRecord = entry.as_mut_ptr();
@@ -174,7 +281,11 @@ fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
         (*rec).depth = m.depth;
         (*rec)._pad = 0;
         (*rec).names_len = fill_names(target, addr_of_mut!((*rec).names));
-        (*rec).other_len = if other.is_null() { 0 } else { fill_names(other, addr_of_mut!((*rec).other_names)) };
+        (*rec).other_len = if other.is_null() {
+            0
+        } else {
+            fill_names(other, addr_of_mut!((*rec).other_names))
+        };
     }
     entry.submit(0);
     -ERESTARTNOINTR
@@ -205,6 +316,8 @@ pub fn path_unlink(ctx: LsmContext) -> i32 {
 /// `path_rmdir(const struct path *dir, struct dentry *dentry)`.
 #[lsm(hook = "path_rmdir")]
 pub fn path_rmdir(ctx: LsmContext) -> i32 {
+    // Any rmdir on the host may free a directory inode for reuse: cached verdicts go stale.
+    bump_generation();
     let prev: i32 = ctx.arg(2);
     if prev != 0 {
         return prev;
@@ -216,6 +329,8 @@ pub fn path_rmdir(ctx: LsmContext) -> i32 {
 /// overwritten destination, or either side of an exchange.
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
+    // Any rename on the host may move a directory under (or out of) a protected root.
+    bump_generation();
     let prev: i32 = ctx.arg(5);
     if prev != 0 {
         return prev;
@@ -279,7 +394,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     }
     if let Some(m) = protected(old, false) {
         if let Some(k) = key_of(old) {
-            if PROT_INODES.insert(&k, &m.root, 0).is_err() {
+            if PROT_INODES.insert(k, m.root, 0).is_err() {
                 // Without the record the new name would be unprotected: refuse the link.
                 return -EPERM;
             }
@@ -298,11 +413,11 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    let _ = PENDING.remove(&tid);
-    let _ = DECISIONS.remove(&tid);
+    let _ = PENDING.remove(tid);
+    let _ = DECISIONS.remove(tid);
     if tid == tgid {
         for root in 0..MAX_ROOTS {
-            let _ = STANDING.remove(&StandingKey { tgid, root });
+            let _ = STANDING.remove(StandingKey { tgid, root });
         }
     }
     0

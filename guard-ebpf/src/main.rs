@@ -4,6 +4,9 @@
 //! which loads it with aya.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the one atomic read-modify-write the programs need (see files.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod exec;
 mod files;

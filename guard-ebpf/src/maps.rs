@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use guard_common::exec::SessionFlags;
 
@@ -21,7 +21,7 @@ pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static EXEC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-use guard_common::files::{Decision, InodeKey, Pending, StandingKey};
+use guard_common::files::{Decision, DirVerdict, InodeKey, Pending, StandingKey};
 
 /// Protected roots (and the roots of file systems mounted below them): inode to root index.
 /// A target is protected when it or one of its `d_parent` ancestors is in here.
@@ -53,3 +53,14 @@ pub static STANDING: HashMap<StandingKey, u32> = HashMap::with_max_entries(16384
 /// New holds (`HoldRecord`) for the user side.
 #[map]
 pub static HOLD_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Walk results of recently seen directories, so that removing many files of one directory walks
+/// its `d_parent` chain once. An entry counts only while its generation is `RENAME_GEN`'s.
+#[map]
+pub static DIR_CACHE: LruHashMap<InodeKey, DirVerdict> = LruHashMap::with_max_entries(16384, 0);
+
+/// Generation of the directory tree, at index 0: bumped by every rename and rmdir on the host
+/// (either can move a directory under a protected root, or free a directory inode for reuse),
+/// which invalidates every `DIR_CACHE` entry at once.
+#[map]
+pub static RENAME_GEN: Array<u64> = Array::with_max_entries(1, 0);
