@@ -27,6 +27,9 @@ use qemu::{Accel, Outcome, Report};
 /// backend's tests (both `test = false` in guard-user/Cargo.toml, so the host never runs them).
 const DEFAULT_TESTS: &[&str] = &["vm_smoke", "lsm"];
 
+/// Where the sandbox binary lives in the VM (linked from its host path by /init).
+const SANDBOX_IN_VM: &str = "guard/bin/sandbox";
+
 /// Where the helper programs live in the VM (exported to the tests as `GUARD_PROGS_DIR`).
 const PROGS_DIR: &str = "guard/progs";
 /// Where the test binaries live in the VM.
@@ -288,9 +291,20 @@ fn pack(
         .sandbox
         .to_str()
         .context("the sandbox path is not UTF-8")?;
-    a.file(sandbox_in_vm, &staged(&built.sandbox, "sandbox")?, 0o755)?;
+    a.file(SANDBOX_IN_VM, &staged(&built.sandbox, "sandbox")?, 0o755)?;
 
-    let mut run_lines = Vec::new();
+    // The test binaries embed the host path of `sandbox`. It may lie below /tmp or /run, which
+    // /init covers with fresh tmpfs mounts, so /init links it there after mounting.
+    let dir = built
+        .sandbox
+        .parent()
+        .and_then(|d| d.to_str())
+        .context("the sandbox path has no parent")?;
+    let mut run_lines = vec![format!(
+        "mkdir -p {} && ln -sf /{SANDBOX_IN_VM} {} || finish 'FAIL init: cannot place the sandbox binary'",
+        sh_quote(dir),
+        sh_quote(sandbox_in_vm)
+    )];
     for t in &built.tests {
         let in_vm = format!("/{TESTS_DIR}/{}", t.name);
         a.file(
