@@ -115,6 +115,24 @@ struct Standing {
 }
 
 impl Standing {
+    /// The decision `verdict` with reach `scope` taken on hold `info`.
+    fn for_hold(
+        info: &HoldInfo,
+        verdict: Verdict,
+        scope: Scope,
+        expires: Option<Instant>,
+    ) -> Standing {
+        Standing {
+            verdict,
+            scope,
+            proc_key: info.proc_key,
+            root: info.root,
+            path: info.path.clone(),
+            expires,
+            from_hold: info.id.clone(),
+        }
+    }
+
     fn covers(
         &self,
         proc_key: Option<ProcKey>,
@@ -249,15 +267,7 @@ impl<T> Holds<T> {
             .ok_or_else(|| DecideError::Unknown(id.to_string()))?;
         let mut out = Vec::new();
         if scope != Scope::Once {
-            let s = Standing {
-                verdict,
-                scope,
-                proc_key: info.proc_key,
-                root: info.root,
-                path: info.path.clone(),
-                expires: duration.map(|d| now + d),
-                from_hold: info.id.clone(),
-            };
+            let s = Standing::for_hold(&info, verdict, scope, duration.map(|d| now + d));
             let covered: Vec<String> = g
                 .pending
                 .iter()
@@ -281,31 +291,21 @@ impl<T> Holds<T> {
     pub fn expired(&self, timeout: Duration) -> Vec<Decided<T>> {
         let now = Instant::now();
         let mut g = self.lock();
-        let stale: Vec<Standing> = g
-            .pending
-            .values()
-            .filter(|(i, _)| i.started.is_some_and(|s| now.duration_since(s) >= timeout))
-            .map(|(i, _)| Standing {
-                verdict: Verdict::Deny,
-                scope: Scope::Process,
-                proc_key: i.proc_key,
-                root: i.root,
-                path: None,
-                expires: None,
-                from_hold: i.id.clone(),
-            })
-            .collect();
-        g.standing.extend(stale);
         let old: Vec<String> = g
             .pending
             .iter()
             .filter(|(_, (i, _))| i.started.is_some_and(|s| now.duration_since(s) >= timeout))
             .map(|(k, _)| k.clone())
             .collect();
-        old.into_iter()
-            .filter_map(|k| g.pending.remove(&k))
-            .map(|(i, o)| decided(i, o, Verdict::Deny, now))
-            .collect()
+        let mut out = Vec::new();
+        for k in old {
+            if let Some((i, o)) = g.pending.remove(&k) {
+                let s = Standing::for_hold(&i, Verdict::Deny, Scope::Process, None);
+                g.standing.push(s);
+                out.push(decided(i, o, Verdict::Deny, now));
+            }
+        }
+        out
     }
 
     /// Removes every pending hold (the session is ending: they are denied).

@@ -71,10 +71,14 @@ fn cstring(s: &[u8]) -> io::Result<CString> {
 
 /// The kernel's name for an fd of ours.
 pub fn fd_path(fd: RawFd) -> io::Result<PathBuf> {
-    let p = cstring(format!("/proc/self/fd/{fd}").as_bytes())?;
-    let s = readlink(&p)?;
+    canonical_link(&format!("/proc/self/fd/{fd}"))
+}
+
+/// The path a `/proc` magic link names. Anonymous objects and unlinked files or directories
+/// have no usable path: ENOENT.
+fn canonical_link(link: &str) -> io::Result<PathBuf> {
+    let s = readlink(&cstring(link.as_bytes())?)?;
     if !s.as_bytes().starts_with(b"/") || s.as_bytes().ends_with(b" (deleted)") {
-        // Anonymous objects or unlinked directories have no usable path.
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
     Ok(PathBuf::from(s))
@@ -88,11 +92,7 @@ pub fn dirfd_path(pid: u32, dirfd: i32) -> io::Result<PathBuf> {
     } else {
         format!("/proc/{pid}/fd/{dirfd}")
     };
-    let s = readlink(&cstring(p.as_bytes())?)?;
-    if !s.as_bytes().starts_with(b"/") || s.as_bytes().ends_with(b" (deleted)") {
-        return Err(io::Error::from_raw_os_error(libc::ENOENT));
-    }
-    Ok(PathBuf::from(s))
+    canonical_link(&p)
 }
 
 /// open(2) returning an OwnedFd.
@@ -286,11 +286,7 @@ pub fn target_object(
 
 /// The canonical path of an open fd of process `pid`.
 pub fn proc_fd_path(pid: u32, fd: i32) -> io::Result<PathBuf> {
-    let s = readlink(&cstring(format!("/proc/{pid}/fd/{fd}").as_bytes())?)?;
-    if !s.as_bytes().starts_with(b"/") || s.as_bytes().ends_with(b" (deleted)") {
-        return Err(io::Error::from_raw_os_error(libc::ENOENT));
-    }
-    Ok(PathBuf::from(s))
+    canonical_link(&format!("/proc/{pid}/fd/{fd}"))
 }
 
 /// Convenience for joining a canonical directory and a plain name.

@@ -416,8 +416,8 @@ impl Supervisor {
 
     fn entry_class(&self, t: &Target) -> Class {
         match self.prot.classify(&t.path()) {
-            Class::Free | Class::InAncestorDir if self.linked(&t.dir, &t.name).is_some() => {
-                Class::Protected(self.linked(&t.dir, &t.name).unwrap_or(0))
+            c @ (Class::Free | Class::InAncestorDir) => {
+                self.linked(&t.dir, &t.name).map_or(c, Class::Protected)
             }
             c => c,
         }
@@ -552,12 +552,10 @@ impl Supervisor {
     fn object_class(&self, fd: &OwnedFd, path: &Path) -> io::Result<(Class, libc::stat)> {
         let st = fstat(fd.as_raw_fd())?;
         let c = match self.prot.classify(path) {
-            Class::Free | Class::InAncestorDir if self.prot.has_linked() => {
-                match self.prot.linked_root(st.st_dev, st.st_ino) {
-                    Some(r) => Class::Protected(r),
-                    None => self.prot.classify(path),
-                }
-            }
+            c @ (Class::Free | Class::InAncestorDir) => self
+                .prot
+                .linked_root(st.st_dev, st.st_ino)
+                .map_or(c, Class::Protected),
             c => c,
         };
         Ok((c, st))
