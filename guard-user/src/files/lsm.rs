@@ -374,27 +374,14 @@ impl LsmSupervisor {
             }
             p
         } else {
-            let mut s = String::from("…");
-            for n in own.iter().rev().take_while(|n| n.as_str() != "/") {
-                s.push('/');
-                s.push_str(n);
-            }
-            PathBuf::from(s)
+            PathBuf::from(partial_path(&own))
         };
         let mut target = path.display().to_string();
         if r.flags & HOLD_LINK != 0 {
             target.push_str(&format!(" (another link of a file in {})", root.display()));
         }
         if r.op == OP_RENAME {
-            let mut other = String::from("…");
-            for n in names(&r.other_names, r.other_len)
-                .iter()
-                .rev()
-                .take_while(|n| n.as_str() != "/")
-            {
-                other.push('/');
-                other.push_str(n);
-            }
+            let other = partial_path(&names(&r.other_names, r.other_len));
             target = if r.flags & HOLD_RENAME_TARGET != 0 {
                 format!("{other} -> {target}")
             } else {
@@ -458,6 +445,18 @@ impl LsmSupervisor {
     pub fn unregister(&self, cgroup_id: u64) {
         let _ = self.maps().sessions.remove(&cgroup_id);
     }
+}
+
+/// A path from the dentry names of a hold record (innermost first). When the walk reached its
+/// file system's root (named "/") the path is complete from there; otherwise it starts with "…".
+fn partial_path(names: &[String]) -> String {
+    let complete = names.last().is_some_and(|n| n == "/");
+    let mut s = String::from(if complete { "" } else { "…" });
+    for n in names.iter().rev().filter(|n| n.as_str() != "/") {
+        s.push('/');
+        s.push_str(n);
+    }
+    s
 }
 
 /// Waits until thread `tid` is stopped (state T or t), at most `max`.
@@ -531,5 +530,21 @@ impl HoldBackend for LsmSupervisor {
                 tracing::warn!(error = %e, "standing decision kept in user space only");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn partial_paths_are_outermost_first_and_marked_when_cut() {
+        assert_eq!(partial_path(&v(&["f", "b", "a", "/"])), "/a/b/f");
+        assert_eq!(partial_path(&v(&["f", "b", "a"])), "…/a/b/f");
+        assert_eq!(partial_path(&v(&["f"])), "…/f");
     }
 }
