@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libseccomp-dev liburing-dev clang-19 gcc make pkg-config python3 procps coreutils util-linux git nodejs busybox-static binutils)
+pkgs=(libseccomp-dev liburing-dev clang-19 gcc make pkg-config python3 procps coreutils util-linux git nodejs busybox-static binutils openssl curl ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -59,5 +59,19 @@ log "$(rustup run nightly rustc -vV | grep -E '^(release|LLVM)' | tr '\n' ' ')"
 if ! command -v bpf-linker >/dev/null 2>&1; then
   log "cargo install bpf-linker 0.10.3 (about 2 minutes)"
   cargo install bpf-linker --version 0.10.3 --locked
+fi
+# The proxy's end-to-end tests drive the real AWS CLI and boto3 against a local moto server.
+if ! command -v aws >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1 \
+    || ! python3 -c 'import boto3' >/dev/null 2>&1; then
+  log "pip install awscli boto3 moto[server]"
+  python3 -m pip install --quiet --disable-pip-version-check awscli boto3 'moto[server]' \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      awscli boto3 'moto[server]'
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+# ... and the real Claude Code CLI against a local fake of the Messages API.
+if ! command -v claude >/dev/null 2>&1; then
+  log "npm install -g @anthropic-ai/claude-code"
+  npm install -g --silent @anthropic-ai/claude-code
 fi
 log "ready"

@@ -348,7 +348,10 @@ pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError
                 s("since").get(..19).unwrap_or(""),
                 s("target"),
                 s("comm"),
-                s("rule")
+                h.get("detail")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| s("rule"))
             );
         }
     }

@@ -86,6 +86,9 @@ pub struct HoldInfo {
     pub target: String,
     /// The rule that caused the hold.
     pub rule: String,
+    /// What the rule recognised, in words (e.g. "EC2 TerminateInstances: i-0abc").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// When the hold started (RFC 3339).
     pub since: String,
     #[serde(skip)]
@@ -458,6 +461,48 @@ impl<B: HoldBackend> Decider for B {
     }
 }
 
+/// The hold backends of one session (files, network) seen as one by the human's side: ids are
+/// unique on the host, so a decision goes to the backend that has the hold. A standing scope
+/// reaches the holds of that backend only.
+pub struct Deciders(pub Vec<std::sync::Arc<dyn Decider>>);
+
+impl Decider for Deciders {
+    fn pending(&self) -> Vec<HoldInfo> {
+        let mut v: Vec<HoldInfo> = self.0.iter().flat_map(|d| d.pending()).collect();
+        v.sort_by_key(|i| i.started);
+        v
+    }
+
+    fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        scope: Scope,
+        duration: Option<Duration>,
+        by: &str,
+    ) -> Result<Vec<String>, DecideError> {
+        for d in &self.0 {
+            match d.decide(id, verdict, scope, duration, by) {
+                Err(DecideError::Unknown(_)) => continue,
+                r => return r,
+            }
+        }
+        Err(DecideError::Unknown(id.to_string()))
+    }
+
+    fn expire(&self, timeout: Duration) {
+        for d in &self.0 {
+            d.expire(timeout);
+        }
+    }
+
+    fn end(&self) {
+        for d in &self.0 {
+            d.end();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,6 +518,7 @@ mod tests {
             kind: "unlink",
             target: path.into(),
             rule: "protect".into(),
+            detail: None,
             since: String::new(),
             started: Some(Instant::now()),
             proc_key: Some(ProcKey { pid, start: 1 }),

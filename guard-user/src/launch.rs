@@ -30,6 +30,7 @@ use crate::files::seccomp::Listener;
 use crate::files::supervise::Supervisor;
 use crate::files::{self, Protection};
 use crate::hold::{Decider, Holds};
+use crate::profile::NetMode;
 use crate::report::Reporter;
 
 /// Options of `sandbox run`.
@@ -60,6 +61,14 @@ pub struct RunArgs {
     /// with Landlock), or `auto` (lsm when this kernel really loads LSM programs).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// The network: `proxy` (the default: only through the session's egress proxy, which holds
+    /// cloud delete calls), `none` (loopback only), `host` (the host's network, unfiltered).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub net: Option<NetMode>,
+    /// Let the proxy tunnel HOST untouched (`*.example.com` for its subdomains); adds to the
+    /// profile's `network.allow`.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_host: Vec<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
@@ -88,6 +97,9 @@ pub enum RunError {
     /// Protection set-up.
     #[error(transparent)]
     Files(#[from] files::FilesError),
+    /// The egress proxy.
+    #[error("network proxy: {0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
     /// cgroup set-up.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
@@ -264,6 +276,8 @@ fn bind_control(dir: &Path, session: &str) -> Result<(UnixListener, PathBuf), Ru
 /// The profile's view of the file system, applied in the session's mount namespace.
 #[derive(Debug, Default, Clone)]
 struct Mounts {
+    /// Files bound over others (source, target), read-only: the CA bundle with the session CA.
+    binds: Vec<(PathBuf, PathBuf)>,
     read_only: Vec<PathBuf>,
     writable: Vec<PathBuf>,
     hidden: Vec<PathBuf>,
@@ -297,6 +311,17 @@ impl Mounts {
             )
             .map_err(|e| format!("remount {}: {e}", p.display()))
         };
+        for (src, dst) in &self.binds {
+            mount(
+                Some(src.as_path()),
+                dst.as_path(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind {} over {}: {e}", src.display(), dst.display()))?;
+            remount(dst, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID)?;
+        }
         let mut ro = self.read_only.clone();
         ro.sort_by_key(|p| p.components().count());
         for p in ro.iter().filter(|p| p.exists()) {
@@ -406,6 +431,8 @@ struct ChildPlan {
     /// Read-only, writable and hidden paths of the profile.
     mounts: Mounts,
     hide: Vec<PathBuf>,
+    /// The init is in a new network namespace and brings loopback up.
+    new_net: bool,
     chan: OwnedFd,
 }
 
@@ -445,14 +472,30 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         );
     }
     let net = &profile.network;
-    if net.mode.is_some()
-        || !net.allow.is_empty()
-        || !net.inspect.is_empty()
-        || !net.hold.is_empty()
-        || !net.hold_connect.is_empty()
-        || net.unknown_hosts.is_some()
+    let net_mode = args.net.or(net.mode).unwrap_or(NetMode::Proxy);
+    for h in &args.allow_host {
+        if h.is_empty()
+            || h.bytes()
+                .any(|b| b.is_ascii_whitespace() || b"/@?#".contains(&b))
+            || h[h.starts_with("*.") as usize * 2..].contains('*')
+        {
+            return Err(RunError::Usage(format!(
+                "--allow-host {h:?}: expected a host name, *.domain, * or an IP address"
+            )));
+        }
+    }
+    if !net.hold_connect.is_empty() {
+        not_enforced.push("network.hold_connect (connections to these endpoints are not held)");
+    }
+    if net_mode == NetMode::Host
+        && (!net.allow.is_empty()
+            || !net.inspect.is_empty()
+            || !net.hold.is_empty()
+            || net.unknown_hosts.is_some()
+            || !args.allow_host.is_empty())
     {
-        not_enforced.push("[network] (the session shares the host's network)");
+        not_enforced
+            .push("[network] allow/inspect/hold (--net host: the host's network, unfiltered)");
     }
     if !profile.commands.hold.is_empty() {
         not_enforced.push("[commands] hold (commands are audited, not held)");
@@ -535,6 +578,40 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         .map(|c| c.to_string_lossy().into_owned())
         .collect();
     let report = Arc::new(Reporter::new(audit.clone(), args.quiet));
+    // The egress proxy (its CA and rules) is ready before anything runs.
+    let mut allow = net.allow.clone();
+    for h in &args.allow_host {
+        let h = h.to_ascii_lowercase();
+        if !allow.contains(&h) {
+            allow.push(h);
+        }
+    }
+    let proxy = match net_mode {
+        NetMode::Proxy => {
+            let catalogue =
+                crate::proxy::load_catalogues(&net.hold, &rule_dirs(&profile, &ident.home))?;
+            Some(Arc::new(crate::proxy::Proxy::new(
+                crate::proxy::Config {
+                    session: session.clone(),
+                    allow: allow.clone(),
+                    inspect: net.inspect.clone(),
+                    unknown_hosts: net
+                        .unknown_hosts
+                        .unwrap_or(crate::profile::UnknownHosts::Deny),
+                    catalogue,
+                    upstream_ca: net.upstream_ca.clone(),
+                    cgroup: cg.path().to_path_buf(),
+                },
+                report.clone(),
+            )?))
+        }
+        NetMode::None | NetMode::Host => None,
+    };
+    let net_name = match net_mode {
+        NetMode::Proxy => "proxy",
+        NetMode::None => "none",
+        NetMode::Host => "host",
+    };
     report.record(
         "session_start",
         json!({"command": cmd_str, "user": ident.name, "uid": ident.uid, "gid": ident.gid,
@@ -543,6 +620,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                "risk": {"must_survive": profile.risk.must_survive, "rollback": profile.risk.rollback},
                "protect_patterns": profile.files.protect_patterns.patterns(), "skipped_missing": skipped,
                "not_enforced": not_enforced,
+               "network": {"mode": net_name, "allow": allow, "inspect": net.inspect, "hold": net.hold,
+                           "unknown_hosts": net.unknown_hosts.unwrap_or(crate::profile::UnknownHosts::Deny),
+                           "hold_rules": proxy.as_ref().map(|p| p.rule_count())},
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
                "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
     );
@@ -557,6 +637,19 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             if prot.roots().len() == 1 { "" } else { "s" },
             if pats > 0 { format!(", {pats} pattern{}", if pats == 1 { "" } else { "s" }) } else { String::new() },
         );
+        match net_mode {
+            NetMode::Proxy => eprintln!(
+                "sandbox: network through the session proxy: {} allowed, {} inspected host pattern{}, {} hold rule{}; other hosts {}",
+                allow.len(),
+                net.inspect.len(),
+                if net.inspect.len() == 1 { "" } else { "s" },
+                proxy.as_ref().map(|p| p.rule_count()).unwrap_or(0),
+                if proxy.as_ref().map(|p| p.rule_count()).unwrap_or(0) == 1 { "" } else { "s" },
+                if net.unknown_hosts == Some(crate::profile::UnknownHosts::Hold) { "held" } else { "refused" },
+            ),
+            NetMode::None => eprintln!("sandbox: no network (loopback only)"),
+            NetMode::Host => eprintln!("sandbox: the host's network, unfiltered (--net host)"),
+        }
         for n in &not_enforced {
             eprintln!("sandbox: not enforced by this version: {n}");
         }
@@ -594,12 +687,35 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     )
     .map_err(sys("socketpair"))?;
 
+    // The session CA joins the system's trust store inside the sandbox (a bundle bound over
+    // each system bundle), and every common client is pointed at the proxy and that bundle.
+    let mut binds = Vec::new();
+    let mut bundle = None;
+    if let Some(p) = &proxy {
+        let sys = crate::netns::system_bundles();
+        let dir = Path::new("/run/sandbox-policy");
+        let b = crate::netns::write_bundle(
+            dir,
+            &session,
+            sys.first().map(PathBuf::as_path),
+            p.ca_pem(),
+        )
+        .map_err(sys_io(format!(
+            "write the session CA bundle in {}",
+            dir.display()
+        )))?;
+        binds = sys.iter().map(|t| (b.clone(), t.clone())).collect();
+        bundle = Some(b);
+    }
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
             !matches!(
                 k.to_str(),
                 Some("HOME" | "USER" | "LOGNAME" | "SANDBOX_SESSION" | "SANDBOX_POLICY")
             )
+        })
+        .filter(|(k, _)| {
+            net_mode == NetMode::Host || !k.to_str().is_some_and(crate::netns::dropped_env)
         })
         .filter(|(k, _)| k.to_str().is_none_or(|k| profile.process.keeps_env(k)))
         .collect();
@@ -611,6 +727,12 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     env.push(("USER".into(), ident.name.clone().into()));
     env.push(("LOGNAME".into(), ident.name.clone().into()));
     env.push(("SANDBOX_SESSION".into(), session.clone().into()));
+    if let Some(b) = &bundle {
+        for (k, v) in crate::netns::proxy_env(crate::proxy::PORT, b) {
+            env.retain(|(n, _)| n.as_os_str() != k.as_str());
+            env.push((k.into(), v.into()));
+        }
+    }
 
     let plan = ChildPlan {
         ident: ident.clone(),
@@ -620,12 +742,14 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         notify: fopts.notify,
         grants,
         mounts: Mounts {
+            binds,
             read_only: profile.files.read_only.clone(),
             writable: profile.files.writable.clone(),
             hidden: profile.files.hidden.clone(),
             stub: hidden_stub(&state)?,
         },
         hide: vec![state.clone(), log_dir.clone()],
+        new_net: net_mode != NetMode::Host,
         chan: child_end,
     };
 
@@ -641,6 +765,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         std::fs::File::open(cg.path()).map_err(sys_io(format!("open {}", cg.path().display())))?;
     let mut ca = [0u64; 11];
     ca[0] = (libc::CLONE_NEWPID as u64) | CLONE_INTO_CGROUP;
+    if net_mode != NetMode::Host {
+        ca[0] |= libc::CLONE_NEWNET as u64;
+    }
     ca[4] = libc::SIGCHLD as u64;
     ca[10] = cg_dir.as_raw_fd() as u64;
     // SAFETY: the supervisor is single-threaded until after this call; clone3 without a stack
@@ -697,9 +824,39 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             return Err(RunError::Child);
         }
     };
+    // The proxy listens inside the session's network namespace before the command runs.
+    let mut proxy_run = None;
+    if let Some(p) = &proxy {
+        let started = crate::netns::listen_in(init.as_raw() as u32, crate::proxy::PORT)
+            .map_err(|e| {
+                format!(
+                    "listen on 127.0.0.1:{} in the session's network namespace: {e}",
+                    crate::proxy::PORT
+                )
+            })
+            .and_then(|l| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                p.clone()
+                    .serve(l, rx)
+                    .map(|t| (tx, t))
+                    .map_err(|e| e.to_string())
+            });
+        match started {
+            Ok(r) => proxy_run = Some(r),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(init, None);
+                report.record(
+                    "session_end",
+                    json!({"error": format!("set-up failed: {e}")}),
+                );
+                return Err(RunError::Usage(format!("network proxy: {e}")));
+            }
+        }
+    }
     let worker;
     let mut seccomp_sup: Option<Arc<Supervisor>> = None;
-    let decider: Arc<dyn Decider> = match (lsm.clone(), listener) {
+    let file_decider: Arc<dyn Decider> = match (lsm.clone(), listener) {
         (Some(l), _) => {
             let stop = stop.clone();
             let l2 = l.clone();
@@ -727,6 +884,13 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             sup
         }
         (None, None) => return Err(RunError::Child),
+    };
+    let decider: Arc<dyn Decider> = match &proxy {
+        Some(p) => Arc::new(crate::hold::Deciders(vec![
+            file_decider,
+            p.clone() as Arc<dyn Decider>,
+        ])),
+        None => file_decider,
     };
 
     {
@@ -820,6 +984,13 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     let _ = worker.join();
     decider.end();
+    if let Some((stop, thread)) = proxy_run {
+        let _ = stop.send(());
+        let _ = thread.join();
+    }
+    if let Some(b) = &bundle {
+        let _ = std::fs::remove_file(b);
+    }
     if let Some(l) = &lsm {
         l.unregister(cg.id().unwrap_or(0));
     }
@@ -835,6 +1006,29 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     drop(cleanup_sock);
     let _ = std::fs::remove_file(&policy_file);
     Ok(code)
+}
+
+/// Where rule catalogues (`rules/NAME.toml`) are looked for: next to each profile file the
+/// session's profile came from, then the standard profile directories.
+fn rule_dirs(profile: &crate::profile::Resolved, home: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for s in profile.sources.iter().rev() {
+        if let crate::profile::Source::File(p) = s {
+            if let Some(d) = p.parent() {
+                dirs.push(d.to_path_buf());
+            }
+        }
+    }
+    dirs.push(PathBuf::from("./profiles"));
+    dirs.push(home.join(".config/sandbox/profiles"));
+    dirs.push(PathBuf::from("/etc/sandbox/profiles"));
+    let mut seen = Vec::new();
+    dirs.retain(|d| {
+        let fresh = !seen.contains(d);
+        seen.push(d.clone());
+        fresh
+    });
+    dirs
 }
 
 /// The sources of an error, joined by ": ".
@@ -1031,6 +1225,11 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan, lifeline: OwnedFd) -> ! {
         None::<&str>,
     ) {
         child_fail("make / private", e);
+    }
+    if plan.new_net {
+        if let Err(e) = crate::netns::loopback_up() {
+            child_fail("bring loopback up in the session's network namespace", e);
+        }
     }
     let nsx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if let Err(e) = mount(Some("proc"), "/proc", Some("proc"), nsx, None::<&str>) {

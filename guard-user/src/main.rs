@@ -8,7 +8,9 @@ mod exec;
 mod files;
 mod hold;
 mod launch;
+mod netns;
 mod profile;
+mod proxy;
 mod report;
 mod stop;
 

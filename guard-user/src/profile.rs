@@ -247,6 +247,7 @@ struct RawNetwork {
     hold: Vec<Str>,
     hold_connect: Vec<Str>,
     unknown_hosts: Option<UnknownHosts>,
+    upstream_ca: Vec<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -512,6 +513,10 @@ pub struct Network {
     /// What happens to other hosts; `None`: the built-in default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_hosts: Option<UnknownHosts>,
+    /// CA certificates (PEM files) the proxy trusts for upstream TLS besides the system roots
+    /// (a private endpoint's own CA).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstream_ca: Vec<PathBuf>,
 }
 
 /// The commands section (parsed; enforced by the exec guard).
@@ -1055,6 +1060,15 @@ fn parse_layer(doc: &Doc, home: &Path) -> Result<Layer, ProfileError> {
     for s in &n.hold_connect {
         push_unique(&mut l.network.hold_connect, connect_target(doc, s)?);
     }
+    for s in &n.upstream_ca {
+        let Entry::Path(p) = file_entry(doc, s, home, false)? else {
+            return Err(doc.error(
+                s.span(),
+                "network.upstream_ca takes file paths, not patterns",
+            ));
+        };
+        push_unique(&mut l.network.upstream_ca, p);
+    }
 
     // Commands.
     for s in &raw.commands.hold {
@@ -1400,6 +1414,9 @@ impl Merge {
             for s in from {
                 push_unique(to, s);
             }
+        }
+        for p in l.network.upstream_ca {
+            push_unique(&mut n.upstream_ca, p);
         }
     }
 

@@ -99,6 +99,18 @@ impl World {
         Running::new(child, session)
     }
 
+    /// Starts `sandbox ARGS...` (stdout and stderr collected) as session `session`.
+    pub fn spawn(&self, args: &[&str], session: &str) -> Running {
+        let child = self
+            .cmd(args)
+            .current_dir(&self.work)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sandbox");
+        Running::new(child, session)
+    }
+
     /// `sandbox pending --json`, parsed.
     pub fn pending(&self) -> Vec<Value> {
         let out = self.cmd(&["pending", "--json"]).output().expect("pending");
@@ -258,6 +270,11 @@ fn reader(
 }
 
 impl Running {
+    /// Wraps a spawned `sandbox` whose stdout and stderr are piped.
+    pub fn from_child(child: Child, session: &str) -> Running {
+        Running::new(child, session)
+    }
+
     fn new(mut child: Child, session: &str) -> Running {
         let out = reader(child.stdout.take());
         let err = reader(child.stderr.take());

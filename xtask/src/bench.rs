@@ -61,17 +61,21 @@ struct Reps {
     start: usize,
     unlink: usize,
     exec: usize,
+    /// HTTPS requests per proxy variant.
+    requests: usize,
 }
 
 const FULL: Reps = Reps {
     start: 20,
     unlink: 7,
     exec: 5,
+    requests: 500,
 };
 const QUICK: Reps = Reps {
     start: 5,
     unlink: 3,
     exec: 3,
+    requests: 50,
 };
 
 /// Runs the benchmark.
@@ -130,10 +134,13 @@ pub fn run(opts: &Options) -> Result<()> {
     let disk = b.scratch.dir("disk", NOBODY)?;
     rows.extend(b.unlink("disk", &disk, reps.unlink)?);
     rows.extend(b.exec(&disk, reps.exec)?);
+    let proxy = crate::proxybench::run(&b.root, &b.sandbox, &b.scratch.base, reps.requests)?;
+    b.commands.extend(proxy.commands);
 
     let load = probe.finish(machine::nproc());
     let machine = machine::describe(&b.root, &disk, &b.scratch.base.join("logs"), date, load)?;
-    let checks = checks(&rows, &machine.backend);
+    let mut checks = checks(&rows, &machine.backend);
+    checks.extend(proxy.checks);
     let report = Report {
         quick: opts.quick,
         machine,
@@ -141,11 +148,15 @@ pub fn run(opts: &Options) -> Result<()> {
         checks,
         commands: std::mem::take(&mut b.commands),
         notes,
+        sections: vec![proxy.section],
         elapsed: t0.elapsed(),
     };
     drop(b); // removes the scratch directory before the results are written
 
     println!("{}", report::table(&report.rows));
+    for sec in &report.sections {
+        println!("{sec}");
+    }
     println!("{}", report::checks(&report.checks));
     if !opts.no_write {
         let path = docs;

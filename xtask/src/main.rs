@@ -6,6 +6,7 @@
 
 mod bench;
 mod machine;
+mod proxybench;
 mod report;
 mod vm;
 

@@ -137,6 +137,8 @@ pub struct Report {
     pub commands: Vec<(String, String)>,
     /// Remarks (skipped peers, ...).
     pub notes: Vec<String>,
+    /// Further sections of the document (markdown, heading included), after the results.
+    pub sections: Vec<String>,
     /// Wall time of the whole benchmark.
     pub elapsed: Duration,
 }
@@ -282,6 +284,9 @@ pub fn document(r: &Report) -> String {
             let _ = writeln!(s, "- {n}");
         }
         s.push('\n');
+    }
+    for sec in &r.sections {
+        let _ = writeln!(s, "{sec}");
     }
     let _ = writeln!(
         s,

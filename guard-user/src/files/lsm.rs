@@ -421,6 +421,7 @@ impl LsmSupervisor {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()
             ),
+            detail: None,
             since: crate::audit::rfc3339_micros(std::time::SystemTime::now()),
             started: Some(Instant::now()),
             proc_key: ProcKey::of(r.tid),

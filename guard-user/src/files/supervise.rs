@@ -645,6 +645,7 @@ impl Supervisor {
             kind,
             target,
             rule: self.prot.describe_root(root),
+            detail: None,
             since: crate::audit::rfc3339_micros(std::time::SystemTime::now()),
             started: Some(Instant::now()),
             proc_key: ProcKey::of(n.pid),
