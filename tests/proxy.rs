@@ -767,3 +767,154 @@ fn claude_code_runs_through_the_proxy_against_a_fake_model_api() {
         api.log()
     );
 }
+
+/// A PostgreSQL server on 127.0.0.1 (run as nobody, trust authentication); stopped on drop.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("/usr/lib/postgresql")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let dir = tempfile::Builder::new()
+            .prefix("guard-pg-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let d = dir.path().display().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let o = Command::new("chown")
+            .args(["nobody:nogroup", &d])
+            .output()
+            .expect("chown");
+        assert!(o.status.success(), "{}", text(&o));
+        let as_nobody = |args: &[&str]| {
+            let o = Command::new("runuser")
+                .args(["-u", "nobody", "--"])
+                .args(args)
+                .current_dir("/")
+                .output()
+                .expect("runuser");
+            assert!(o.status.success(), "{args:?}: {}", text(&o));
+        };
+        let initdb = bin.join("initdb").display().to_string();
+        let pg_ctl = bin.join("pg_ctl").display().to_string();
+        as_nobody(&[
+            &initdb,
+            "-D",
+            &format!("{d}/data"),
+            "--auth=trust",
+            "-U",
+            "nobody",
+        ]);
+        as_nobody(&[
+            &pg_ctl,
+            "-D",
+            &format!("{d}/data"),
+            "-l",
+            &format!("{d}/log"),
+            "-w",
+            "-o",
+            &format!("-p {port} -k {d} -c listen_addresses=127.0.0.1"),
+            "start",
+        ]);
+        Postgres { dir, bin, port }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D"])
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .current_dir("/")
+            .output();
+    }
+}
+
+/// `psql` in a session whose profile holds connecting to the database; the first hold is
+/// decided with `verb`. Returns the hold and the output.
+fn psql_held(verb: &str) -> Option<(Value, Output)> {
+    if !common::privileged() || !have(&["psql", "runuser"]) {
+        return None;
+    }
+    let pg = Postgres::start();
+    let w = World::new();
+    let profile = w.file(
+        "db.toml",
+        &format!("[network]\nhold_connect = [\"127.0.0.1:{}\"]\n", pg.port),
+    );
+    let session = format!("psql-{verb}");
+    let r = w.spawn(
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--session",
+            &session,
+            "--profile",
+            &profile.display().to_string(),
+            "--",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "nobody",
+            "-d",
+            "postgres",
+            "-Atc",
+            "select 40 + 2",
+        ],
+        &session,
+    );
+    let h = common::decide_first(&w, &session, verb);
+    Some((h, r.finish(Duration::from_secs(60))))
+}
+
+#[test]
+fn hold_connect_holds_psql_and_a_denial_fails_it() {
+    let Some((h, out)) = psql_held("deny") else {
+        return;
+    };
+    assert_eq!(h["kind"], "connect");
+    assert!(
+        h["target"].as_str().unwrap_or("").starts_with("127.0.0.1:"),
+        "{h}"
+    );
+    assert_eq!(h["comm"], "psql", "{h}");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("42"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn hold_connect_approved_psql_connects() {
+    let Some((h, out)) = psql_held("approve") else {
+        return;
+    };
+    assert_eq!(h["kind"], "connect");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "42",
+        "{}",
+        text(&out)
+    );
+}

@@ -484,8 +484,24 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             )));
         }
     }
-    if !net.hold_connect.is_empty() {
-        not_enforced.push("network.hold_connect (connections to these endpoints are not held)");
+    // hold_connect in proxy mode: each IP:port endpoint gets a forwarded port at the same
+    // address inside the session's namespace, held at connect. Other forms have no route out.
+    let mut forwards: Vec<std::net::SocketAddr> = Vec::new();
+    let mut unforwarded: Vec<String> = Vec::new();
+    for t in &net.hold_connect {
+        match t.parse::<std::net::SocketAddr>() {
+            Ok(a) if net_mode == NetMode::Proxy && (a.is_ipv4() || a.ip().is_loopback()) => {
+                forwards.push(a)
+            }
+            _ => unforwarded.push(t.clone()),
+        }
+    }
+    if !unforwarded.is_empty() {
+        not_enforced.push(if net_mode == NetMode::Host {
+            "network.hold_connect (--net host: connections are not held)"
+        } else {
+            "network.hold_connect entries other than IPv4/loopback address:port (no forwarded port: unreachable, not held)"
+        });
     }
     if net_mode == NetMode::Host
         && (!net.allow.is_empty()
@@ -622,7 +638,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                "not_enforced": not_enforced,
                "network": {"mode": net_name, "allow": allow, "inspect": net.inspect, "hold": net.hold,
                            "unknown_hosts": net.unknown_hosts.unwrap_or(crate::profile::UnknownHosts::Deny),
-                           "hold_rules": proxy.as_ref().map(|p| p.rule_count())},
+                           "hold_rules": proxy.as_ref().map(|p| p.rule_count()),
+                           "hold_connect_forwarded": forwards, "hold_connect_unforwarded": unforwarded},
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
                "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
     );
@@ -827,17 +844,19 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     // The proxy listens inside the session's network namespace before the command runs.
     let mut proxy_run = None;
     if let Some(p) = &proxy {
-        let started = crate::netns::listen_in(init.as_raw() as u32, crate::proxy::PORT)
-            .map_err(|e| {
-                format!(
-                    "listen on 127.0.0.1:{} in the session's network namespace: {e}",
-                    crate::proxy::PORT
-                )
-            })
-            .and_then(|l| {
+        let mut addrs = vec![std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            crate::proxy::PORT,
+        ))];
+        addrs.extend(forwards.iter().copied());
+        let started = crate::netns::listen_in(init.as_raw() as u32, &addrs)
+            .map_err(|e| format!("listen in the session's network namespace: {e}"))
+            .and_then(|mut ls| {
+                let proxy_l = ls.remove(0);
+                let fw = ls.into_iter().zip(forwards.iter().copied()).collect();
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 p.clone()
-                    .serve(l, rx)
+                    .serve(proxy_l, fw, rx)
                     .map(|t| (tx, t))
                     .map_err(|e| e.to_string())
             });

@@ -1,5 +1,6 @@
 //! The session's network namespace: loopback only, with the egress proxy listening inside it.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -32,9 +33,11 @@ pub fn loopback_up() -> std::io::Result<()> {
     }
 }
 
-/// Binds a TCP listener on 127.0.0.1:`port` inside the network namespace of process `pid`
-/// (from a short-lived thread that joins it; the socket stays in that namespace).
-pub fn listen_in(pid: u32, port: u16) -> std::io::Result<std::net::TcpListener> {
+/// Binds TCP listeners on `addrs` inside the network namespace of process `pid` (from a
+/// short-lived thread that joins it; the sockets stay in that namespace). An IPv4 address that
+/// is not a loopback address is first added to `lo` there (as `lo:N`), so that a client in the
+/// sandbox connecting to it reaches the listener.
+pub fn listen_in(pid: u32, addrs: &[SocketAddr]) -> std::io::Result<Vec<std::net::TcpListener>> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -42,11 +45,65 @@ pub fn listen_in(pid: u32, port: u16) -> std::io::Result<std::net::TcpListener> 
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            std::net::TcpListener::bind(("127.0.0.1", port))
+            let mut alias = 0;
+            let mut out = Vec::new();
+            for a in addrs {
+                match a.ip() {
+                    IpAddr::V4(ip) if !ip.is_loopback() => {
+                        alias += 1;
+                        add_lo_alias(alias, ip)?;
+                    }
+                    IpAddr::V6(ip) if !ip.is_loopback() => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::Unsupported,
+                            format!("{ip}: only loopback IPv6 addresses can be forwarded"),
+                        ));
+                    }
+                    _ => {}
+                }
+                let l = std::net::TcpListener::bind(a)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
+                out.push(l);
+            }
+            Ok(out)
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("listener thread panicked")))
     })
+}
+
+/// Adds `ip/32` to `lo` as the alias `lo:N` (SIOCSIFADDR on an alias label).
+fn add_lo_alias(n: u32, ip: Ipv4Addr) -> std::io::Result<()> {
+    // SAFETY: socket/ioctl on a zeroed ifreq whose name and address are set below; the socket is
+    // closed on every path.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let r = (|| {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            let name = format!("lo:{n}\0");
+            for (d, b) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+                *d = b as libc::c_char;
+            }
+            let set = |ifr: &mut libc::ifreq, req, addr: Ipv4Addr| {
+                let sin =
+                    &mut ifr.ifr_ifru.ifru_addr as *mut libc::sockaddr as *mut libc::sockaddr_in;
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_addr.s_addr = u32::from_ne_bytes(addr.octets());
+                if libc::ioctl(s, req, ifr as *mut libc::ifreq) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            set(&mut ifr, libc::SIOCSIFADDR, ip)?;
+            set(&mut ifr, libc::SIOCSIFNETMASK, Ipv4Addr::BROADCAST)?;
+            Ok(())
+        })();
+        libc::close(s);
+        r
+    }
 }
 
 /// The system CA bundles that exist here (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine): the

@@ -273,16 +273,22 @@ impl Proxy {
         self.ca.cert_pem()
     }
 
-    /// Serves `listener` (bound inside the session's network namespace) on a thread of its own
-    /// until `stop` is sent or dropped.
+    /// Serves `listener` (the proxy port, bound inside the session's network namespace) and the
+    /// `forwards` (listeners inside the namespace for `hold_connect` endpoints, each with the
+    /// endpoint it leads to) on a thread of its own until `stop` is sent or dropped.
     pub fn serve(
         self: Arc<Self>,
         listener: StdListener,
+        forwards: Vec<(StdListener, SocketAddr)>,
         stop: oneshot::Receiver<()>,
     ) -> Result<std::thread::JoinHandle<()>, ProxyError> {
         listener
             .set_nonblocking(true)
             .map_err(io_err("proxy listener"))?;
+        for (l, _) in &forwards {
+            l.set_nonblocking(true)
+                .map_err(io_err("forward listener"))?;
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("proxy")
@@ -300,6 +306,27 @@ impl Proxy {
                             return;
                         }
                     };
+                    for (l, target) in forwards {
+                        let me = self.clone();
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => {
+                                tokio::spawn(async move {
+                                    loop {
+                                        match l.accept().await {
+                                            Ok((tcp, peer)) => {
+                                                tokio::spawn(me.clone().forward(tcp, peer, target));
+                                            }
+                                            Err(e) => {
+                                                tracing::warn!(error = %e, "forward accept");
+                                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                            }
+                                        }
+                                    }
+                                });
+                            }
+                            Err(e) => tracing::error!(error = %e, "forward listener"),
+                        }
+                    }
                     let accept = async {
                         loop {
                             match listener.accept().await {
@@ -322,6 +349,38 @@ impl Proxy {
                 rt.shutdown_timeout(Duration::from_millis(200));
             })
             .map_err(io_err("spawn proxy thread"))
+    }
+
+    /// A connection to a `hold_connect` endpoint, through its forwarded port: held before
+    /// anything reaches the endpoint. Approved, the proxy connects and relays; denied, the
+    /// connection is reset.
+    async fn forward(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, target: SocketAddr) {
+        let t = target.to_string();
+        let (v, _) = self
+            .hold(
+                "connect",
+                t.clone(),
+                "network.hold_connect".into(),
+                None,
+                PathBuf::from(format!("/connect/{t}")),
+                peer,
+            )
+            .await;
+        if v == Verdict::Deny {
+            // A reset, not an orderly close: the client sees "connection reset".
+            reset(tcp);
+            return;
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(mut up)) => {
+                let _ = up.set_nodelay(true);
+                let mut tcp = tcp;
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
+            }
+            _ => {
+                reset(tcp);
+            }
+        }
     }
 
     /// One connection from inside the sandbox: HTTP/1.1 proxy requests (CONNECT or absolute-form).
@@ -861,6 +920,35 @@ fn display_url(scheme: &str, host: &str, port: u16, uri: &Uri) -> String {
     } else {
         format!("{scheme}://{host}:{port}{pq}")
     }
+}
+
+/// Drops a connection with a reset (SO_LINGER 0) rather than an orderly close.
+fn reset(tcp: TcpStream) {
+    if let Ok(std) = tcp.into_std() {
+        let _ = socket_linger_zero(&std);
+    }
+}
+
+fn socket_linger_zero(s: &std::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a valid linger struct on an open socket.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn full(b: Bytes) -> Body {
