@@ -844,9 +844,9 @@ impl Drop for Postgres {
     }
 }
 
-/// `psql` in a session whose profile holds connecting to the database; the first hold is
-/// decided with `verb`. Returns the hold and the output.
-fn psql_held(verb: &str) -> Option<(Value, Output)> {
+/// `psql` in a session (`--net NET`) whose profile holds connecting to the database; the
+/// first hold is decided with `verb`. Returns the hold and the output.
+fn psql_held(verb: &str, net: &str) -> Option<(Value, Output)> {
     if !common::privileged() || !have(&["psql", "runuser"]) {
         return None;
     }
@@ -856,7 +856,8 @@ fn psql_held(verb: &str) -> Option<(Value, Output)> {
         "db.toml",
         &format!("[network]\nhold_connect = [\"127.0.0.1:{}\"]\n", pg.port),
     );
-    let session = format!("psql-{verb}");
+    let session = format!("psql-{verb}-{net}");
+    let (profile, port) = (profile.display().to_string(), pg.port.to_string());
     let r = w.spawn(
         &[
             "run",
@@ -864,14 +865,16 @@ fn psql_held(verb: &str) -> Option<(Value, Output)> {
             "nobody",
             "--session",
             &session,
+            "--net",
+            net,
             "--profile",
-            &profile.display().to_string(),
+            &profile,
             "--",
             "psql",
             "-h",
             "127.0.0.1",
             "-p",
-            &pg.port.to_string(),
+            &port,
             "-U",
             "nobody",
             "-d",
@@ -887,33 +890,110 @@ fn psql_held(verb: &str) -> Option<(Value, Output)> {
 
 #[test]
 fn hold_connect_holds_psql_and_a_denial_fails_it() {
-    let Some((h, out)) = psql_held("deny") else {
-        return;
-    };
-    assert_eq!(h["kind"], "connect");
-    assert!(
-        h["target"].as_str().unwrap_or("").starts_with("127.0.0.1:"),
-        "{h}"
-    );
-    assert_eq!(h["comm"], "psql", "{h}");
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("42"),
-        "{}",
-        text(&out)
-    );
+    for net in ["proxy", "host"] {
+        let Some((h, out)) = psql_held("deny", net) else {
+            return;
+        };
+        assert_eq!(h["kind"], "connect");
+        assert!(
+            h["target"].as_str().unwrap_or("").starts_with("127.0.0.1:"),
+            "{h}"
+        );
+        assert_eq!(h["comm"], "psql", "{h}");
+        assert!(!out.status.success(), "{net}: {}", text(&out));
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("42"),
+            "{}",
+            text(&out)
+        );
+    }
 }
 
 #[test]
 fn hold_connect_approved_psql_connects() {
-    let Some((h, out)) = psql_held("approve") else {
+    for net in ["proxy", "host"] {
+        let Some((h, out)) = psql_held("approve", net) else {
+            return;
+        };
+        assert_eq!(h["kind"], "connect");
+        assert!(out.status.success(), "{net}: {}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "42",
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+/// With `--net host`, a thread flipping the port of the address another thread connects
+/// through gets past the seccomp look now and then; the cgroup connect4 backstop must refuse
+/// every one of those that lands on the held port.
+#[test]
+fn host_mode_connect_races_never_reach_a_held_endpoint() {
+    if !common::privileged() {
         return;
+    }
+    let serve = |l: std::net::TcpListener| {
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n2 = n.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(c);
+            }
+        });
+        n
     };
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (fp, hp) = (
+        free.local_addr().unwrap().port(),
+        held.local_addr().unwrap().port(),
+    );
+    let (_free_n, held_n) = (serve(free), serve(held));
+    let w = World::new();
+    let profile = w.file(
+        "race.toml",
+        &format!("[network]\nhold_connect = [\"127.0.0.1:{hp}\"]\n"),
+    );
+    let race = common::prog("race_connect");
+    let (profile, race) = (profile.display().to_string(), race.display().to_string());
+    let (fps, hps) = (fp.to_string(), hp.to_string());
+    let r = w.spawn(
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--session",
+            "race-connect",
+            "--net",
+            "host",
+            "--profile",
+            &profile,
+            "--",
+            &race,
+            &fps,
+            &hps,
+            "4",
+        ],
+        "race-connect",
+    );
+    // One denial for the process stands for the rest of its life (the default scope).
+    let h = common::decide_first(&w, "race-connect", "deny");
     assert_eq!(h["kind"], "connect");
+    let out = r.finish(Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("held_connected 0"), "{}", text(&out));
+    assert!(
+        !s.contains("free_connected 0 "),
+        "the race ran: {}",
+        text(&out)
+    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "42",
+        held_n.load(std::sync::atomic::Ordering::SeqCst),
+        0,
         "{}",
         text(&out)
     );

@@ -12,6 +12,7 @@ mod exec;
 mod files;
 mod kernel;
 mod maps;
+mod netguard;
 
 #[cfg(not(test))]
 #[panic_handler]

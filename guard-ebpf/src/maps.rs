@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use guard_common::exec::SessionFlags;
 
@@ -64,3 +64,15 @@ pub static DIR_CACHE: LruHashMap<InodeKey, DirVerdict> = LruHashMap::with_max_en
 /// which invalidates every `DIR_CACHE` entry at once.
 #[map]
 pub static RENAME_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// `hold_connect` endpoints (IPv4): LPM key = port (network order) ++ address; value unused.
+#[map]
+pub static HELD_CONNECT4: LpmTrie<[u8; 6], u8> = LpmTrie::with_max_entries(1024, 0);
+
+/// `hold_connect` endpoints (IPv6): LPM key = port (network order) ++ address.
+#[map]
+pub static HELD_CONNECT6: LpmTrie<[u8; 18], u8> = LpmTrie::with_max_entries(1024, 0);
+
+/// The supervisor's process id at index 0: its connects on a process's behalf pass the backstop.
+#[map]
+pub static NET_SUPERVISOR: Array<u32> = Array::with_max_entries(1, 0);

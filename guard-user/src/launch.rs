@@ -486,22 +486,25 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     // hold_connect in proxy mode: each IP:port endpoint gets a forwarded port at the same
     // address inside the session's namespace, held at connect. Other forms have no route out.
+    // With --net host: a seccomp notification on connect holds them, and a cgroup connect4/6
+    // program refuses them to everything but the supervisor.
     let mut forwards: Vec<std::net::SocketAddr> = Vec::new();
     let mut unforwarded: Vec<String> = Vec::new();
+    let mut connect_held: Vec<crate::netguard::Endpoint> = Vec::new();
     for t in &net.hold_connect {
-        match t.parse::<std::net::SocketAddr>() {
-            Ok(a) if net_mode == NetMode::Proxy && (a.is_ipv4() || a.ip().is_loopback()) => {
-                forwards.push(a)
-            }
+        match (net_mode, t.parse::<std::net::SocketAddr>()) {
+            (NetMode::Proxy, Ok(a)) if a.is_ipv4() || a.ip().is_loopback() => forwards.push(a),
+            (NetMode::Host, _) => connect_held.extend(
+                crate::netguard::endpoints(t)
+                    .map_err(|e| RunError::Usage(format!("network.hold_connect: {e}")))?,
+            ),
             _ => unforwarded.push(t.clone()),
         }
     }
-    if !unforwarded.is_empty() {
-        not_enforced.push(if net_mode == NetMode::Host {
-            "network.hold_connect (--net host: connections are not held)"
-        } else {
-            "network.hold_connect entries other than IPv4/loopback address:port (no forwarded port: unreachable, not held)"
-        });
+    if !unforwarded.is_empty() && net_mode == NetMode::Proxy {
+        not_enforced.push(
+            "network.hold_connect entries other than IPv4/loopback address:port (no forwarded port: unreachable, not held)",
+        );
     }
     if net_mode == NetMode::Host
         && (!net.allow.is_empty()
@@ -534,6 +537,12 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             Backend::Seccomp,
             Some("name patterns are enforced by the seccomp backend only".to_string()),
         ),
+        Backend::Auto if !connect_held.is_empty() => (
+            Backend::Seccomp,
+            Some(
+                "hold_connect with --net host is enforced by the seccomp backend only".to_string(),
+            ),
+        ),
         Backend::Auto => {
             ensure_private_dir(&control::state_dir())?;
             match files::lsm::probe_cached(&control::state_dir(), &btf) {
@@ -542,6 +551,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             }
         }
     };
+    if backend == Backend::Lsm && !connect_held.is_empty() {
+        return Err(RunError::Usage(
+            "--backend lsm does not hold connections (network.hold_connect with --net host) yet; use --backend seccomp or --net proxy".into(),
+        ));
+    }
     if backend == Backend::Lsm && prot.has_patterns() {
         return Err(RunError::Usage(
             "--backend lsm does not enforce name patterns (e.g. **/*.tfstate) yet; use --backend seccomp".into(),
@@ -566,6 +580,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
 
     let mut observer = crate::exec::ExecObserver::load_with(&btf)?;
     observer.watch_cgroup(cg.id()?)?;
+    // The race-free backstop of connect holds, in place before anything runs in the cgroup.
+    let _connect_guard = if connect_held.is_empty() {
+        None
+    } else {
+        Some(
+            crate::netguard::ConnectGuard::load(&btf, cg.path(), &connect_held, std::process::id())
+                .map_err(|e| RunError::Usage(format!("hold_connect backstop: {e}")))?,
+        )
+    };
 
     let backend_name = if backend == Backend::Lsm {
         "lsm"
@@ -574,6 +597,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     };
     let mut fopts = files::seccomp::FilterOpts {
         notify: backend == Backend::Seccomp,
+        notify_connect: !connect_held.is_empty(),
         allow_io_uring: profile.process.allow_io_uring,
         allow: profile.process.allow_syscalls.clone(),
         deny: profile.process.deny_syscalls.clone(),
@@ -639,7 +663,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                "network": {"mode": net_name, "allow": allow, "inspect": net.inspect, "hold": net.hold,
                            "unknown_hosts": net.unknown_hosts.unwrap_or(crate::profile::UnknownHosts::Deny),
                            "hold_rules": proxy.as_ref().map(|p| p.rule_count()),
-                           "hold_connect_forwarded": forwards, "hold_connect_unforwarded": unforwarded},
+                           "hold_connect_forwarded": forwards, "hold_connect_unforwarded": unforwarded,
+                           "hold_connect_at_connect": connect_held.iter().map(|e| e.to_string()).collect::<Vec<_>>()},
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
                "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
     );
@@ -893,6 +918,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                 listener: Listener::new(fd),
                 report: report.clone(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
+                connect: connect_held.clone(),
             });
             let s2 = sup.clone();
             worker = std::thread::Builder::new()

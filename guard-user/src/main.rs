@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod hold;
 mod launch;
+mod netguard;
 mod netns;
 mod profile;
 mod proxy;

@@ -4,13 +4,18 @@
 Usage: https_server.py CERT KEY PORT_FILE
 
 Serves, over HTTP/1.1 with keep-alive on 127.0.0.1 (a free port, written to PORT_FILE):
-GET /small (256 bytes) and GET /big (64 MiB), from memory.
+GET /small (256 bytes) and GET /big (64 MiB), from memory; and GET /sse?n=N&gap_ms=G, a
+server-sent-events stream (chunked) of N events G ms apart, each carrying the time it was sent,
+`data: <time.monotonic_ns()>` (CLOCK_MONOTONIC on Linux), taken just before its chunk is written.
 """
 
 import os
+import socket
 import ssl
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 SMALL = b"x" * 256
 BIG = os.urandom(1 << 20) * 64
@@ -23,6 +28,9 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if self.path.startswith("/sse"):
+            self.sse()
+            return
         body = BIG if self.path.startswith("/big") else SMALL
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -31,6 +39,28 @@ class Handler(BaseHTTPRequestHandler):
         view = memoryview(body)
         for i in range(0, len(body), 1 << 20):
             self.wfile.write(view[i:i + (1 << 20)])
+
+
+    def sse(self):
+        q = parse_qs(urlparse(self.path).query)
+        n = int(q.get("n", ["100"])[0])
+        gap = int(q.get("gap_ms", ["10"])[0]) / 1000.0
+        # as SSE servers do: without it, Nagle holds the first small events back until the
+        # client's delayed ACK of the headers (40 ms)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        for i in range(n):
+            if i:
+                time.sleep(gap)
+            event = b"id: %d\ndata: %d\n\n" % (i, time.monotonic_ns())
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
 
 
 def main():

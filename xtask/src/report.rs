@@ -13,8 +13,12 @@ pub enum Variant {
     Floor,
     /// Under `sandbox run`.
     Sandbox,
-    /// Under `bwrap --dev-bind / /` (a peer, start-up only).
+    /// Under `bwrap --dev-bind / /` (a peer).
     Bwrap,
+    /// Under `firejail --quiet --noprofile`, spawned as root (a peer).
+    Firejail,
+    /// Under `srt` (Anthropic's sandbox-runtime; a peer).
+    Srt,
 }
 
 impl Variant {
@@ -25,6 +29,8 @@ impl Variant {
             Variant::Floor => "floor",
             Variant::Sandbox => "sandbox",
             Variant::Bwrap => "bwrap",
+            Variant::Firejail => "firejail",
+            Variant::Srt => "srt",
         }
     }
 }
@@ -99,6 +105,38 @@ pub struct Check {
     pub met: bool,
 }
 
+/// What a workload with its own section (proxy, holds, memory) gives the report.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Markdown sections (heading included).
+    pub sections: Vec<String>,
+    /// Targets.
+    pub checks: Vec<Check>,
+    /// (what, command line).
+    pub commands: Vec<(String, String)>,
+    /// Remarks (what was skipped, and why).
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    /// Adds `other` to this one.
+    pub fn extend(&mut self, other: Outcome) {
+        self.sections.extend(other.sections);
+        self.checks.extend(other.checks);
+        self.commands.extend(other.commands);
+        self.notes.extend(other.notes);
+    }
+}
+
+/// The `p` quantile (0..=1, nearest rank) of ascending `sorted`; NaN if empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 /// Where the numbers were taken.
 #[derive(Debug)]
 pub struct Machine {
@@ -143,11 +181,13 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-const COLUMNS: [Variant; 4] = [
+const COLUMNS: [Variant; 6] = [
     Variant::Bare,
     Variant::Floor,
     Variant::Sandbox,
     Variant::Bwrap,
+    Variant::Firejail,
+    Variant::Srt,
 ];
 
 /// Milliseconds with a precision that suits the magnitude.
@@ -169,8 +209,8 @@ fn ratio(r: Option<f64>) -> String {
 /// The results table (medians and ratios of medians).
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| workload | timed | n | bare | floor | sandbox | bwrap | sandbox/bare | floor/bare | sandbox/floor |\n\
-         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| workload | timed | n | bare | floor | sandbox | bwrap | firejail | srt | sandbox/bare | floor/bare | sandbox/floor |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for row in rows {
         let n = row.cells.iter().map(|(_, st)| st.n).max().unwrap_or(0);
@@ -337,6 +377,8 @@ mod tests {
             cells: vec![(Variant::Bare, st), (Variant::Sandbox, st)],
         }];
         let t = table(&rows);
-        assert!(t.contains("| w | whole run | 1 | 10.0 ms | – | 10.0 ms | – | 1.00x | – | – |"));
+        assert!(t.contains(
+            "| w | whole run | 1 | 10.0 ms | – | 10.0 ms | – | – | – | 1.00x | – | – |"
+        ));
     }
 }

@@ -84,6 +84,8 @@ pub const BASELINE_DENY: &[&str] = &[
 pub struct FilterOpts {
     /// Send the file-destroying calls to the supervisor (seccomp backend).
     pub notify: bool,
+    /// Send connect(2) to the supervisor too (`hold_connect` with `--net host`).
+    pub notify_connect: bool,
     /// Let io_uring be set up (never on the seccomp backend).
     pub allow_io_uring: bool,
     /// Baseline calls the profile allows after all.
@@ -116,6 +118,10 @@ pub fn build(opts: &FilterOpts) -> Result<Vec<u8>, FilesError> {
             f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp])
                 .map_err(err)?;
         }
+    }
+    if opts.notify && opts.notify_connect {
+        let sc = ScmpSyscall::from_name("connect").map_err(err)?;
+        f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
     }
     let eperm = ScmpAction::Errno(libc::EPERM);
     let allowed = |name: &str| opts.allow.iter().any(|a| a == name);

@@ -60,7 +60,18 @@ pub enum Op {
         /// open(2) flags.
         flags: i32,
     },
+    /// connect(2) the process's own socket (a duplicate, from pidfd_getfd) to a held endpoint.
+    Connect {
+        /// The socket.
+        sock: OwnedFd,
+        /// The sockaddr the process passed, as read.
+        addr: Vec<u8>,
+    },
 }
+
+/// The `root` of connect holds (no protected root: standing decisions of the same process
+/// cover its other held connects).
+pub const CONNECT_ROOT: usize = usize::MAX;
 
 /// A held operation waiting for its decision.
 #[derive(Debug)]
@@ -203,6 +214,19 @@ fn reopen(obj: &OwnedFd, flags: i32) -> Result<OwnedFd, i32> {
 
 /// Carries out `op` as the process would (its credentials, on the pinned handles).
 fn perform(op: &Op, creds: &Creds) -> Result<Outcome, i32> {
+    if let Op::Connect { sock, addr } = op {
+        // The supervisor's connect passes the cgroup backstop (which refuses everyone else);
+        // the socket's own flags apply (a non-blocking socket gets EINPROGRESS, as it would).
+        // SAFETY: a valid socket fd and a buffer of the given length.
+        let r = unsafe {
+            libc::connect(
+                sock.as_raw_fd(),
+                addr.as_ptr().cast(),
+                addr.len() as libc::socklen_t,
+            )
+        };
+        return neg(r).map(Outcome::Ret);
+    }
     let r = as_process(creds, || -> Result<Outcome, i32> {
         match op {
             Op::Unlink { at, flags } => {
@@ -252,6 +276,7 @@ fn perform(op: &Op, creds: &Creds) -> Result<Outcome, i32> {
                 )?;
                 Ok(Outcome::Fd(f, flags & libc::O_CLOEXEC != 0))
             }
+            Op::Connect { .. } => Err(libc::EINVAL),
         }
     });
     r.unwrap_or_else(|e| Err(e.raw_os_error().unwrap_or(libc::EPERM)))
@@ -271,6 +296,8 @@ pub struct Supervisor {
     pub report: Arc<Reporter>,
     /// Set when the session ends (see [`Supervisor::stop`]).
     pub stopping: std::sync::atomic::AtomicBool,
+    /// `hold_connect` endpoints (with `--net host`; empty otherwise).
+    pub connect: Vec<crate::netguard::Endpoint>,
 }
 
 /// What to do with a notification.
@@ -352,6 +379,7 @@ impl Supervisor {
                 a[0],
                 libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
             ),
+            libc::SYS_connect => Ok(self.connect(n.pid, sys_arg_i32(a[0]), a[1], a[2])),
             libc::SYS_openat2 => match read_open_how(n.pid, a[2], a[3]) {
                 Some(flags) => self.open(n.pid, sys_arg_i32(a[0]), a[1], flags),
                 None => Ok(Action::Continue),
@@ -394,6 +422,35 @@ impl Supervisor {
                 path,
                 target,
             } => self.hold(n, op, kind, root, path, target),
+        }
+    }
+
+    /// connect(2): a held endpoint becomes a hold; anything else goes on (the cgroup backstop
+    /// refuses a held endpoint written into the buffer after this look).
+    fn connect(&self, tid: u32, fd: i32, addr: u64, len: u64) -> Action {
+        if self.connect.is_empty() {
+            return Action::Continue;
+        }
+        let Some(bytes) = read_sockaddr(tid, addr, len) else {
+            return Action::Continue;
+        };
+        let Some(sa) = socket_addr(&bytes) else {
+            return Action::Continue;
+        };
+        if !self.connect.iter().any(|e| e.matches(&sa)) {
+            return Action::Continue;
+        }
+        let pid = tgid_of(tid).unwrap_or(tid);
+        let Some(sock) = steal_fd(pid, fd) else {
+            return Action::Continue;
+        };
+        let target = sa.to_string();
+        Action::Hold {
+            op: Op::Connect { sock, addr: bytes },
+            kind: "connect",
+            root: CONNECT_ROOT,
+            path: PathBuf::from(format!("/connect/{target}")),
+            target,
         }
     }
 
@@ -644,7 +701,11 @@ impl Supervisor {
             cmdline: cmdline_of(pid),
             kind,
             target,
-            rule: self.prot.describe_root(root),
+            rule: if root == CONNECT_ROOT {
+                "network.hold_connect".to_string()
+            } else {
+                self.prot.describe_root(root)
+            },
             detail: None,
             since: crate::audit::rfc3339_micros(std::time::SystemTime::now()),
             started: Some(Instant::now()),
@@ -763,6 +824,58 @@ fn fd_access_mode(pid: u32, fd: i32) -> io::Result<i32> {
         .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     Ok(flags & libc::O_ACCMODE)
+}
+
+/// The sockaddr a process passed to connect(2), read from its memory (at most 128 bytes).
+fn read_sockaddr(pid: u32, addr: u64, len: u64) -> Option<Vec<u8>> {
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    if len < 2 {
+        return None;
+    }
+    let mut buf = vec![0u8; len];
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: both iovecs are valid for `len` bytes on their side.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    (n == len as isize).then_some(buf)
+}
+
+/// An IPv4 or IPv6 socket address from sockaddr bytes.
+fn socket_addr(b: &[u8]) -> Option<std::net::SocketAddr> {
+    let family = u16::from_ne_bytes([*b.first()?, *b.get(1)?]) as i32;
+    let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    match family {
+        libc::AF_INET => {
+            let ip: [u8; 4] = b.get(4..8)?.try_into().ok()?;
+            Some(std::net::SocketAddr::from((ip, port)))
+        }
+        libc::AF_INET6 => {
+            let ip: [u8; 16] = b.get(8..24)?.try_into().ok()?;
+            Some(std::net::SocketAddr::from((ip, port)))
+        }
+        _ => None,
+    }
+}
+
+/// A duplicate of process `pid`'s file descriptor `fd` (pidfd_getfd).
+fn steal_fd(pid: u32, fd: i32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain system calls; the fds returned are owned here.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
+        if pidfd < 0 {
+            return None;
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let f = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        (f >= 0).then(|| OwnedFd::from_raw_fd(f as i32))
+    }
 }
 
 fn read_open_how(pid: u32, addr: u64, size: u64) -> Option<i32> {
