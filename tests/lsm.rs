@@ -379,3 +379,66 @@ fn lsm_programs_affect_no_process_outside_sessions() {
     let out = r.finish(T);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// `hold_connect` with `--net host` on the LSM backend: the `socket_connect` hook holds a
+/// connect to the endpoint (denied: EPERM; approved: it connects) and lets others through.
+#[test]
+fn lsm_connect_to_a_held_endpoint_is_held_denied_then_approved() {
+    if !lsm_available() {
+        return;
+    }
+    let serve = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n2 = n.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(c);
+            }
+        });
+        (port, n)
+    };
+    let (free, _) = serve();
+    let (held, accepted) = serve();
+    let w = World::new();
+    let profile = w.file(
+        "connect.toml",
+        &format!("[network]\nhold_connect = [\"127.0.0.1:{held}\"]\n"),
+    );
+    let prog = common::prog("connect_once");
+    let profile = profile.display().to_string();
+    let opts = [
+        "--backend",
+        "lsm",
+        "--net",
+        "host",
+        "--profile",
+        profile.as_str(),
+    ];
+    let script = format!("{p} {free}; {p} {held}", p = prog.display());
+    for (verb, want) in [
+        ("deny", format!("error {held} 1")),
+        ("approve", format!("connected {held}")),
+    ] {
+        let session = format!("lsm-connect-{verb}");
+        let r = w.run(&session, &[], &opts, &script);
+        let h = decide_first(&w, &session, verb);
+        assert_eq!(h["kind"], "connect", "{h}");
+        assert_eq!(h["target"], format!("127.0.0.1:{held}"), "{h}");
+        let out = r.finish(T);
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            s.contains(&format!("connected {free}")),
+            "unheld endpoints connect: {}",
+            text(&out)
+        );
+        assert!(s.contains(&want), "{verb}: {}", text(&out));
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the approved connect arrived"
+    );
+}

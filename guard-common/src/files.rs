@@ -15,6 +15,16 @@ pub const OP_RMDIR: u32 = 2;
 pub const OP_RENAME: u32 = 3;
 /// truncate(2), ftruncate(2), open(2) with O_TRUNC.
 pub const OP_TRUNCATE: u32 = 4;
+/// connect(2) to a `hold_connect` endpoint. The record's `depth` is the address family (4 or 6),
+/// `names[0]` holds the port (network order) followed by the address (4 or 16 bytes).
+pub const OP_CONNECT: u32 = 5;
+
+/// `SESSION_CGROUPS` flag: the session's connects to held endpoints go through `socket_connect`.
+pub const SESSION_CONNECT_HOLD: u32 = 2;
+
+/// The protected-root index of connect holds (standing decisions of a process cover its other
+/// held connects).
+pub const CONNECT_ROOT: u32 = MAX_ROOTS;
 
 /// [`Decision::verdict`] and standing verdicts: let the operation happen.
 pub const VERDICT_ALLOW: u32 = 1;

@@ -49,10 +49,13 @@ const RENAME_EXCHANGE: u32 = 2;
 
 /// What protects an object.
 #[derive(Clone, Copy)]
-struct Match {
-    root: u32,
-    depth: u32,
-    flags: u32,
+pub struct Match {
+    /// Protected root index (`CONNECT_ROOT` for connects).
+    pub root: u32,
+    /// Levels below the root (the address family for connects).
+    pub depth: u32,
+    /// `HOLD_*` flags.
+    pub flags: u32,
 }
 
 fn key_of(d: *const c_void) -> Option<InodeKey> {
@@ -180,7 +183,7 @@ fn walk(d: *const c_void) -> Option<Match> {
     None
 }
 
-fn session_has_file_hold() -> bool {
+pub fn session_has_file_hold() -> bool {
     // SAFETY: a helper without arguments; the map value is copied out.
     let cg = unsafe { bpf_get_current_cgroup_id() };
     matches!(unsafe { SESSION_CGROUPS.get(cg) }, Some(&f) if f & SESSION_FILE_HOLD != 0)
@@ -207,8 +210,27 @@ fn fill_names(d: *const c_void, names: *mut [[u8; NAME_LEN]; MAX_NAMES]) -> u32 
     n
 }
 
-/// The decision logic shared by every hook. `other` is the second dentry of a rename.
+/// The decision logic of the file hooks. `other` is the second dentry of a rename.
 fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
+    let Some(k) = key_of(target) else {
+        return -EPERM;
+    };
+    hold_key(op, k, m, |rec| {
+        // SAFETY: rec points to a reserved record; the names are written in place.
+        unsafe {
+            (*rec).names_len = fill_names(target, addr_of_mut!((*rec).names));
+            (*rec).other_len = if other.is_null() {
+                0
+            } else {
+                fill_names(other, addr_of_mut!((*rec).other_names))
+            };
+        }
+    })
+}
+
+/// The hold itself, for any hook: `k` identifies the held object (for the restarted call to
+/// find its decision), `describe` fills the record's names.
+pub fn hold_key(op: u32, k: InodeKey, m: Match, describe: impl FnOnce(*mut HoldRecord)) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -221,9 +243,6 @@ fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
     if task_flags & PF_IO_WORKER != 0 {
         return -EPERM;
     }
-    let Some(k) = key_of(target) else {
-        return -EPERM;
-    };
     // SAFETY: map values are copied out at once.
     if let Some(p) = unsafe { PENDING.get(tid) }.copied() {
         if p.op == op && p.dev == k.dev && p.ino == k.ino {
@@ -280,13 +299,10 @@ fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
         (*rec).flags = m.flags;
         (*rec).depth = m.depth;
         (*rec)._pad = 0;
-        (*rec).names_len = fill_names(target, addr_of_mut!((*rec).names));
-        (*rec).other_len = if other.is_null() {
-            0
-        } else {
-            fill_names(other, addr_of_mut!((*rec).other_names))
-        };
+        (*rec).names_len = 0;
+        (*rec).other_len = 0;
     }
+    describe(rec);
     entry.submit(0);
     -ERESTARTNOINTR
 }
@@ -416,7 +432,8 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let _ = PENDING.remove(tid);
     let _ = DECISIONS.remove(tid);
     if tid == tgid {
-        for root in 0..MAX_ROOTS {
+        // The protected roots and CONNECT_ROOT (= MAX_ROOTS).
+        for root in 0..=MAX_ROOTS {
             let _ = STANDING.remove(StandingKey { tgid, root });
         }
     }

@@ -537,12 +537,6 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             Backend::Seccomp,
             Some("name patterns are enforced by the seccomp backend only".to_string()),
         ),
-        Backend::Auto if !connect_held.is_empty() => (
-            Backend::Seccomp,
-            Some(
-                "hold_connect with --net host is enforced by the seccomp backend only".to_string(),
-            ),
-        ),
         Backend::Auto => {
             ensure_private_dir(&control::state_dir())?;
             match files::lsm::probe_cached(&control::state_dir(), &btf) {
@@ -551,11 +545,6 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             }
         }
     };
-    if backend == Backend::Lsm && !connect_held.is_empty() {
-        return Err(RunError::Usage(
-            "--backend lsm does not hold connections (network.hold_connect with --net host) yet; use --backend seccomp or --net proxy".into(),
-        ));
-    }
     if backend == Backend::Lsm && prot.has_patterns() {
         return Err(RunError::Usage(
             "--backend lsm does not enforce name patterns (e.g. **/*.tfstate) yet; use --backend seccomp".into(),
@@ -581,7 +570,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let mut observer = crate::exec::ExecObserver::load_with(&btf)?;
     observer.watch_cgroup(cg.id()?)?;
     // The race-free backstop of connect holds, in place before anything runs in the cgroup.
-    let _connect_guard = if connect_held.is_empty() {
+    // (The LSM backend's socket_connect hook reads the kernel's copy of the address: no race.)
+    let _connect_guard = if connect_held.is_empty() || backend == Backend::Lsm {
         None
     } else {
         Some(
@@ -716,6 +706,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             report.clone(),
             cg.id()?,
             &btf,
+            &connect_held,
         )?))
     } else {
         None

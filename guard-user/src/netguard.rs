@@ -135,6 +135,60 @@ pub enum NetGuardError {
     Cgroup(String, std::io::Error),
 }
 
+/// Writes the held endpoints into the object's `HELD_CONNECT4`/`HELD_CONNECT6` tries (used by
+/// the cgroup backstop and by the LSM `socket_connect` hook).
+pub fn fill_held(ebpf: &mut Ebpf, held: &[Endpoint]) -> Result<(), NetGuardError> {
+    let mut v4: LpmTrie<&mut MapData, [u8; 6], u8> = LpmTrie::try_from(
+        ebpf.map_mut("HELD_CONNECT4")
+            .ok_or(NetGuardError::Map("HELD_CONNECT4", "missing".into()))?,
+    )
+    .map_err(|e| NetGuardError::Map("HELD_CONNECT4", e.to_string()))?;
+    for e in held {
+        if let IpAddr::V4(a) = e.net {
+            let p = e.port.to_be_bytes();
+            let o = a.octets();
+            let k = Key::new(16 + e.len as u32, [p[0], p[1], o[0], o[1], o[2], o[3]]);
+            v4.insert(&k, 1, 0)
+                .map_err(|x| NetGuardError::Map("HELD_CONNECT4", x.to_string()))?;
+        }
+    }
+    let mut v6: LpmTrie<&mut MapData, [u8; 18], u8> = LpmTrie::try_from(
+        ebpf.map_mut("HELD_CONNECT6")
+            .ok_or(NetGuardError::Map("HELD_CONNECT6", "missing".into()))?,
+    )
+    .map_err(|e| NetGuardError::Map("HELD_CONNECT6", e.to_string()))?;
+    for e in held {
+        // An IPv4 endpoint is also reachable as an IPv4-mapped IPv6 address.
+        let (addr, len) = match e.net {
+            IpAddr::V6(a) => (a, e.len as u32),
+            IpAddr::V4(a) => (a.to_ipv6_mapped(), 96 + e.len as u32),
+        };
+        let mut data = [0u8; 18];
+        data[..2].copy_from_slice(&e.port.to_be_bytes());
+        data[2..].copy_from_slice(&addr.octets());
+        v6.insert(&Key::new(16 + len, data), 1, 0)
+            .map_err(|x| NetGuardError::Map("HELD_CONNECT6", x.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The endpoint of an `OP_CONNECT` hold record's `names[0]` (port, then address) for family 4
+/// or 6.
+pub fn record_endpoint(family: u32, b: &[u8]) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes([*b.first()?, *b.get(1)?]);
+    match family {
+        4 => {
+            let a: [u8; 4] = b.get(2..6)?.try_into().ok()?;
+            Some(SocketAddr::from((a, port)))
+        }
+        6 => {
+            let a: [u8; 16] = b.get(2..18)?.try_into().ok()?;
+            Some(SocketAddr::from((a, port)))
+        }
+        _ => None,
+    }
+}
+
 /// The loaded and attached backstop of one session (detached when dropped).
 pub struct ConnectGuard {
     _ebpf: Ebpf,
@@ -152,41 +206,7 @@ impl ConnectGuard {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(btf))
             .load(crate::exec::EBPF_OBJECT)?;
-        {
-            let mut v4: LpmTrie<&mut MapData, [u8; 6], u8> = LpmTrie::try_from(
-                ebpf.map_mut("HELD_CONNECT4")
-                    .ok_or(NetGuardError::Map("HELD_CONNECT4", "missing".into()))?,
-            )
-            .map_err(|e| NetGuardError::Map("HELD_CONNECT4", e.to_string()))?;
-            for e in held {
-                if let IpAddr::V4(a) = e.net {
-                    let p = e.port.to_be_bytes();
-                    let o = a.octets();
-                    let k = Key::new(16 + e.len as u32, [p[0], p[1], o[0], o[1], o[2], o[3]]);
-                    v4.insert(&k, 1, 0)
-                        .map_err(|x| NetGuardError::Map("HELD_CONNECT4", x.to_string()))?;
-                }
-            }
-        }
-        {
-            let mut v6: LpmTrie<&mut MapData, [u8; 18], u8> = LpmTrie::try_from(
-                ebpf.map_mut("HELD_CONNECT6")
-                    .ok_or(NetGuardError::Map("HELD_CONNECT6", "missing".into()))?,
-            )
-            .map_err(|e| NetGuardError::Map("HELD_CONNECT6", e.to_string()))?;
-            for e in held {
-                // An IPv4 endpoint is also reachable as an IPv4-mapped IPv6 address.
-                let (addr, len) = match e.net {
-                    IpAddr::V6(a) => (a, e.len as u32),
-                    IpAddr::V4(a) => (a.to_ipv6_mapped(), 96 + e.len as u32),
-                };
-                let mut data = [0u8; 18];
-                data[..2].copy_from_slice(&e.port.to_be_bytes());
-                data[2..].copy_from_slice(&addr.octets());
-                v6.insert(&Key::new(16 + len, data), 1, 0)
-                    .map_err(|x| NetGuardError::Map("HELD_CONNECT6", x.to_string()))?;
-            }
-        }
+        fill_held(&mut ebpf, held)?;
         {
             let mut sup: Array<&mut MapData, u32> = Array::try_from(
                 ebpf.map_mut("NET_SUPERVISOR")
@@ -231,6 +251,11 @@ mod tests {
         let v6 = endpoints("[fd00::/8]:443").unwrap();
         assert!(v6[0].matches(&"[fd12::1]:443".parse().unwrap()));
         assert!(!v6[0].matches(&"[fe80::1]:443".parse().unwrap()));
+        assert_eq!(
+            record_endpoint(4, &[0x15, 0x38, 10, 0, 0, 5]),
+            Some("10.0.0.5:5432".parse().unwrap())
+        );
+        assert_eq!(record_endpoint(5, &[0; 18]), None);
         let h = endpoints("localhost:80").unwrap();
         assert!(h.iter().any(|e| e.net.is_loopback()));
         assert!(endpoints("no-port").is_err());

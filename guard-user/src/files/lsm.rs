@@ -19,9 +19,9 @@ use aya::maps::{HashMap, MapData, MapError, RingBuf};
 use aya::programs::{BtfTracePoint, Lsm, ProgramError};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use guard_common::files::{
-    Decision, HoldRecord, InodeKey, StandingKey, HOLD_ANCESTOR, HOLD_LINK, HOLD_RENAME_TARGET,
-    MAX_NAMES, MAX_ROOTS, NAME_LEN, OP_RENAME, OP_RMDIR, OP_TRUNCATE, OP_UNLINK, SESSION_FILE_HOLD,
-    VERDICT_ALLOW, VERDICT_DENY,
+    Decision, HoldRecord, InodeKey, StandingKey, CONNECT_ROOT, HOLD_ANCESTOR, HOLD_LINK,
+    HOLD_RENAME_TARGET, MAX_NAMES, MAX_ROOTS, NAME_LEN, OP_CONNECT, OP_RENAME, OP_RMDIR,
+    OP_TRUNCATE, OP_UNLINK, SESSION_CONNECT_HOLD, SESSION_FILE_HOLD, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use super::Protection;
@@ -73,6 +73,9 @@ pub enum LsmError {
     /// Too many protected roots.
     #[error("the LSM backend supports at most {MAX_ROOTS} protected roots")]
     TooManyRoots,
+    /// Setting up the connect hold.
+    #[error("hold_connect: {0}")]
+    Connect(String),
     /// stat of a protected path failed.
     #[error("stat {path}: {source}")]
     Stat {
@@ -230,6 +233,7 @@ impl LsmSupervisor {
         report: Arc<Reporter>,
         cgroup_id: u64,
         btf: &Btf,
+        connect: &[crate::netguard::Endpoint],
     ) -> Result<Self, LsmError> {
         if prot.roots().len() > MAX_ROOTS as usize {
             return Err(LsmError::TooManyRoots);
@@ -248,6 +252,19 @@ impl LsmSupervisor {
                 .map_err(err)?;
             p.load(hook, btf).map_err(err)?;
             p.attach().map_err(err)?;
+        }
+        if !connect.is_empty() {
+            let hook = "socket_connect";
+            let err = |source| LsmError::Program { name: hook, source };
+            let p: &mut Lsm = ebpf
+                .program_mut(hook)
+                .ok_or(LsmError::Missing("program socket_connect"))?
+                .try_into()
+                .map_err(err)?;
+            p.load(hook, btf).map_err(err)?;
+            p.attach().map_err(err)?;
+            crate::netguard::fill_held(&mut ebpf, connect)
+                .map_err(|e| LsmError::Connect(e.to_string()))?;
         }
         {
             let name = "sched_process_exit";
@@ -300,8 +317,13 @@ impl LsmSupervisor {
                 .insert(k, root as u32, 0)
                 .map_err(map_err("PROT_INODES"))?;
         }
+        let flags = if connect.is_empty() {
+            SESSION_FILE_HOLD
+        } else {
+            SESSION_FILE_HOLD | SESSION_CONNECT_HOLD
+        };
         maps.sessions
-            .insert(cgroup_id, SESSION_FILE_HOLD, 0)
+            .insert(cgroup_id, flags, 0)
             .map_err(map_err("SESSION_CGROUPS"))?;
         Ok(LsmSupervisor {
             session: session.to_string(),
@@ -392,6 +414,18 @@ impl LsmSupervisor {
     }
 
     fn on_hold(&self, r: &HoldRecord) {
+        if r.op == OP_CONNECT {
+            let ep = crate::netguard::record_endpoint(r.depth, &r.names[0]);
+            let target = ep.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+            return self.admit(
+                r,
+                "connect",
+                target.clone(),
+                "network.hold_connect".into(),
+                PathBuf::from(format!("/connect/{target}")),
+                CONNECT_ROOT as usize,
+            );
+        }
         let kind = match r.op {
             OP_UNLINK => "unlink",
             OP_RMDIR => "rmdir",
@@ -401,6 +435,27 @@ impl LsmSupervisor {
         };
         let (target, path) = self.describe(r);
         let root = r.root as usize;
+        let rule = format!(
+            "protect {}",
+            self.prot
+                .roots()
+                .get(root)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+        self.admit(r, kind, target, rule, path, root);
+    }
+
+    /// Records a hold (or applies a standing decision to it).
+    fn admit(
+        &self,
+        r: &HoldRecord,
+        kind: &'static str,
+        target: String,
+        rule: String,
+        path: PathBuf,
+        root: usize,
+    ) {
         let info = HoldInfo {
             id: crate::hold::new_id(),
             session: self.session.clone(),
@@ -413,14 +468,7 @@ impl LsmSupervisor {
             cmdline: crate::files::supervise::cmdline_of(r.pid),
             kind,
             target,
-            rule: format!(
-                "protect {}",
-                self.prot
-                    .roots()
-                    .get(root)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ),
+            rule,
             detail: None,
             since: crate::audit::rfc3339_micros(std::time::SystemTime::now()),
             started: Some(Instant::now()),
