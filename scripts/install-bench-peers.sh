@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the peers that `cargo xtask bench` compares `sandbox run` with: bubblewrap, firejail
-# (Debian packages) and Anthropic's sandbox-runtime (npm, CLI `srt`). Optional: the benchmark
-# runs without them and says in its report which peers were missing. Idempotent. Run as root.
+# (Debian packages) and Anthropic's sandbox-runtime (npm, CLI `srt`, which also needs ripgrep and
+# socat on Linux). Optional: the benchmark runs without them and says in its report which peers
+# were missing or failed. Idempotent. Run as root.
 set -euo pipefail
 
 log() { printf 'install-bench-peers: %s\n' "$*"; }
@@ -13,7 +14,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 missing=()
-for p in bubblewrap firejail; do
+for p in bubblewrap firejail ripgrep socat; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

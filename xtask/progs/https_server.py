@@ -10,7 +10,6 @@ server-sent-events stream (chunked) of N events G ms apart, each carrying the ti
 """
 
 import os
-import socket
 import ssl
 import sys
 import time
@@ -23,6 +22,9 @@ BIG = os.urandom(1 << 20) * 64
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as HTTP servers set it: headers and body (or events) go out in separate
+    # writes, and without it Nagle holds the second back until the client's delayed ACK (40 ms)
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         pass
@@ -45,9 +47,6 @@ class Handler(BaseHTTPRequestHandler):
         q = parse_qs(urlparse(self.path).query)
         n = int(q.get("n", ["100"])[0])
         gap = int(q.get("gap_ms", ["10"])[0]) / 1000.0
-        # as SSE servers do: without it, Nagle holds the first small events back until the
-        # client's delayed ACK of the headers (40 ms)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")

@@ -1,15 +1,19 @@
 //! `cargo xtask bench`: `sandbox run` against the same work run bare and under the seccomp
 //! user-notification floor (`progs/notify_floor.c`), alternating, several repetitions each.
 //!
-//! Workloads: start-up (`true`), unlink-heavy (`rm -rf` of 50,000 files, on tmpfs and on disk)
-//! and exec-heavy (a shell loop running `/bin/true` 2,000 times). Everything happens in a scratch
-//! directory `target/bench.<pid>` that is removed (tmpfs unmounted first) when the run ends, also
-//! on error; leftovers of an interrupted run are removed by the next one.
+//! Workloads: start-up (`true`), unlink-heavy (`rm -rf` of 50,000 files, on tmpfs and on disk;
+//! `git clean -fdx` of 20,000 files on disk), build-like (`make -j2` of a C project, `cargo
+//! build` of a Rust crate), exec-heavy (a shell loop running `/bin/true` 2,000 times), hold
+//! latency and supervisor memory (`holdbench`), and the proxy (`proxybench`). Peers (bwrap,
+//! firejail, srt; `scripts/install-bench-peers.sh`) run the start-up and `rm -rf` workloads where
+//! they are installed and work; the report notes those that are not. Everything happens in a
+//! scratch directory `target/bench.<pid>` that is removed (tmpfs unmounted first) when the run
+//! ends, also on error; leftovers of an interrupted run are removed by the next one.
 //!
-//! The trees of the unlink workload are all created before the first timed `rm -rf`: on ext4
-//! without a journal, creating inodes shortly (30 s, `dirty_expire_centisecs`) after deleting
-//! many in the same block group is slow (`recently_deleted()` in the allocator), which would make
-//! set-up take minutes.
+//! The trees of the disk unlink workloads are all created before the first timed removal: on
+//! ext4 without a journal, creating inodes shortly (30 s, `dirty_expire_centisecs`) after
+//! deleting many in the same block group is slow (`recently_deleted()` in the allocator), which
+//! would make set-up take minutes. For the same reason the build workloads run before them.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -23,7 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::machine::{self, LoadProbe};
-use crate::report::{self, Check, Report, Row, Stats, Variant};
+use crate::report::{self, Check, Outcome, Report, Row, Stats, Variant};
+use crate::workloads;
 
 /// uid and gid every benchmarked command runs as.
 const NOBODY: u32 = 65534;
@@ -32,7 +37,7 @@ const TREE_DIRS: usize = 100;
 const TREE_FILES: usize = 500;
 /// The exec-heavy loop.
 const EXEC_LOOP: &str = "i=0; while [ $i -lt 2000 ]; do /bin/true; i=$((i+1)); done";
-/// How `progs/notify_floor.c` is compiled.
+/// How the programs in `progs/` are compiled.
 const CC_FLAGS: [&str; 5] = ["-O2", "-Wall", "-Wextra", "-Werror", "-pthread"];
 const TMPFS_OPTS: &str = "size=256m,mode=0755,uid=65534,gid=65534";
 const SCRATCH_PREFIX: &str = "bench.";
@@ -40,6 +45,21 @@ const SCRATCH_PREFIX: &str = "bench.";
 const START_TARGET: Duration = Duration::from_millis(50);
 /// The issue "Benchmarks": the sandbox within 15% of the floor on the unlink workload.
 const FLOOR_TARGET: f64 = 1.15;
+/// The issue "Benchmarks": build-like work under the sandbox within 2% of bare.
+const BUILD_TARGET: f64 = 1.02;
+/// Stands for the run's number (`000`, `001`, ...) in arguments: each run gets its own tree,
+/// object or target directory.
+const RUN: &str = "NNN";
+/// The peers: variant, program, what installs it.
+const PEERS: [(Variant, &str, &str); 3] = [
+    (Variant::Bwrap, "bwrap", "Debian package bubblewrap"),
+    (Variant::Firejail, "firejail", "Debian package firejail"),
+    (
+        Variant::Srt,
+        "srt",
+        "npm package @anthropic-ai/sandbox-runtime, with Debian packages ripgrep and socat",
+    ),
+];
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
@@ -60,22 +80,46 @@ pub struct Options {
 struct Reps {
     start: usize,
     unlink: usize,
+    git: usize,
     exec: usize,
+    make: usize,
+    cargo: usize,
     /// HTTPS requests per proxy variant.
     requests: usize,
+    /// Server-sent-event streams per proxy variant, and events per stream.
+    sse_streams: usize,
+    sse_events: usize,
+    /// Holds approved one by one.
+    latency_holds: usize,
+    /// Holds pending at once.
+    memory_holds: usize,
 }
 
 const FULL: Reps = Reps {
     start: 20,
-    unlink: 7,
+    unlink: 5,
+    git: 5,
     exec: 5,
+    make: 5,
+    cargo: 6,
     requests: 500,
+    sse_streams: 3,
+    sse_events: 100,
+    latency_holds: 200,
+    memory_holds: 1000,
 };
 const QUICK: Reps = Reps {
     start: 5,
-    unlink: 3,
-    exec: 3,
+    unlink: 2,
+    git: 2,
+    exec: 2,
+    make: 2,
+    cargo: 2,
     requests: 50,
+    sse_streams: 1,
+    sse_events: 50,
+    latency_holds: 200,
+    memory_holds: 1000,
 };
 
 /// Runs the benchmark.
@@ -92,7 +136,8 @@ pub fn run(opts: &Options) -> Result<()> {
     if !opts.no_build {
         build_sandbox(&root)?;
     }
-    let floor = build_floor(&root)?;
+    let floor = compile(&root, "notify_floor")?;
+    let victim = compile(&root, "hold_victim")?;
     catch_interrupts();
     let probe = LoadProbe::start();
     let scratch = Scratch::create(&target_dir(&root))?;
@@ -101,59 +146,90 @@ pub fn run(opts: &Options) -> Result<()> {
         sandbox: target_dir(&root).join("release/sandbox"),
         floor,
         timeit: scratch.install_timeit()?,
+        srt_settings: scratch.base.join("srt-settings.json"),
         root,
         scratch,
         commands: Vec::new(),
     };
-    let bwrap = find_in_path("bwrap");
-    let mut notes = Vec::new();
-    if bwrap.is_none() {
-        eprintln!("bwrap not installed, skipped");
-        notes.push("bwrap (bubblewrap) is not installed on this machine: no peer numbers.".into());
+    let victim = b.scratch.install(&victim)?;
+    for prog in ["notify_floor", "hold_victim"] {
+        b.commands.push((
+            format!("{prog}, compiled by xtask"),
+            format!(
+                "cc {} -o target/xtask/{prog} xtask/progs/{prog}.c",
+                CC_FLAGS.join(" ")
+            ),
+        ));
     }
-
-    b.commands.push((
-        "floor, compiled by xtask".into(),
-        format!(
-            "cc {} -o target/xtask/notify_floor xtask/progs/notify_floor.c",
-            CC_FLAGS.join(" ")
-        ),
-    ));
     b.commands.push((
         "tmpfs for the unlink workload".into(),
         format!("mount -t tmpfs -o {TMPFS_OPTS} guard-bench $BASE/tmpfs"),
     ));
+    let tmpfs_dir = b.scratch.base.join("tmpfs");
+    let disk = b.scratch.dir("disk", NOBODY)?;
+    if spread(&disk) {
+        b.commands.push((
+            "the disk scratch directory, top of a hierarchy for ext4's Orlov allocator".into(),
+            "chattr +T $BASE/disk".into(),
+        ));
+    }
+    b.srt_settings(&[&tmpfs_dir, &disk])?;
+    let mut extra = Outcome::default();
+    let peers = b.peers(&mut extra.notes)?;
+
     let mut rows = Vec::new();
-    let (start, note) = b.start(reps.start, bwrap.as_deref())?;
-    rows.push(start);
-    notes.extend(note);
+    rows.push(b.start(reps.start, &peers)?);
+    extra.extend(crate::holdbench::run(&crate::holdbench::Env {
+        sandbox: &b.sandbox,
+        base: &b.scratch.base,
+        victim: &victim,
+        latency_holds: reps.latency_holds,
+        memory_holds: reps.memory_holds,
+    })?);
     let tmpfs = b.scratch.mount_tmpfs("tmpfs")?;
-    let result = b.unlink("tmpfs", &tmpfs, reps.unlink);
+    let result = b.unlink("tmpfs", &tmpfs, reps.unlink, &peers);
     b.scratch.unmount(&tmpfs)?;
     rows.extend(result?);
-    let disk = b.scratch.dir("disk", NOBODY)?;
-    rows.extend(b.unlink("disk", &disk, reps.unlink)?);
+    let prot = protected_dir(&disk)?;
+    rows.extend(b.make(&disk, &prot, reps.make)?);
+    rows.extend(b.cargo(&disk, &prot, reps.cargo)?);
+    let git = b.git_trees(&disk, reps.git)?;
+    rows.extend(b.unlink("disk", &disk, reps.unlink, &peers)?);
+    rows.extend(b.git_clean(&disk, &prot, &git, reps.git)?);
     rows.extend(b.exec(&disk, reps.exec)?);
-    let proxy = crate::proxybench::run(&b.root, &b.sandbox, &b.scratch.base, reps.requests)?;
-    b.commands.extend(proxy.commands);
+    extra.extend(crate::proxybench::run(
+        &b.root,
+        &b.sandbox,
+        &b.scratch.base,
+        reps.requests,
+        &crate::proxybench::Sse {
+            streams: reps.sse_streams,
+            events: reps.sse_events,
+            gap_ms: 10,
+        },
+    )?);
+    b.commands.append(&mut extra.commands);
 
     let load = probe.finish(machine::nproc());
     let machine = machine::describe(&b.root, &disk, &b.scratch.base.join("logs"), date, load)?;
     let mut checks = checks(&rows, &machine.backend);
-    checks.extend(proxy.checks);
+    checks.append(&mut extra.checks);
     let report = Report {
         quick: opts.quick,
         machine,
         rows,
         checks,
         commands: std::mem::take(&mut b.commands),
-        notes,
-        sections: vec![proxy.section],
+        notes: extra.notes,
+        sections: extra.sections,
         elapsed: t0.elapsed(),
     };
     drop(b); // removes the scratch directory before the results are written
 
     println!("{}", report::table(&report.rows));
+    for n in &report.notes {
+        println!("- {n}");
+    }
     for sec in &report.sections {
         println!("{sec}");
     }
@@ -197,12 +273,12 @@ fn build_sandbox(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Compiles `progs/notify_floor.c` into `target/xtask/notify_floor`.
-fn build_floor(root: &Path) -> Result<PathBuf> {
-    let src = root.join("xtask/progs/notify_floor.c");
+/// Compiles `progs/NAME.c` into `target/xtask/NAME`.
+fn compile(root: &Path, name: &str) -> Result<PathBuf> {
+    let src = root.join(format!("xtask/progs/{name}.c"));
     let dir = target_dir(root).join("xtask");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let bin = dir.join("notify_floor");
+    let bin = dir.join(name);
     let status = Command::new("cc")
         .args(CC_FLAGS)
         .arg("-o")
@@ -291,8 +367,16 @@ impl Scratch {
     /// rebuild of target/debug/xtask while the benchmark runs.
     fn install_timeit(&self) -> Result<PathBuf> {
         let exe = std::env::current_exe().context("finding the xtask binary")?;
-        let dst = self.base.join("bin/xtask");
-        fs::copy(&exe, &dst).with_context(|| format!("copying {}", exe.display()))?;
+        self.install(&exe)
+    }
+
+    /// A copy of `prog` in `base/bin`, executable by uid 65534.
+    fn install(&self, prog: &Path) -> Result<PathBuf> {
+        let dst = self
+            .base
+            .join("bin")
+            .join(prog.file_name().context("no file name")?);
+        fs::copy(prog, &dst).with_context(|| format!("copying {}", prog.display()))?;
         fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
         Ok(dst)
     }
@@ -329,6 +413,20 @@ impl Drop for Scratch {
             eprintln!("warning: could not remove {}: {e}", self.base.display());
         }
     }
+}
+
+/// Makes `dir` the top of a directory hierarchy for ext4's Orlov allocator (`chattr +T`), so the
+/// trees made in it are spread over block groups instead of sharing those of `target/`, where
+/// concurrent cargo builds create and delete files (inode allocation in a group with many
+/// recently deleted inodes is slow without a journal). Best effort: false if it did not work
+/// (another file system, no chattr).
+fn spread(dir: &Path) -> bool {
+    Command::new("chattr")
+        .arg("+T")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// `umount DIR`, falling back to a lazy unmount; false (after a warning) if both fail.
@@ -374,7 +472,8 @@ fn catch_interrupts() {
     }
 }
 
-fn check_interrupted() -> Result<()> {
+/// Fails if SIGINT or SIGTERM came.
+pub fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -419,7 +518,8 @@ struct Invocation {
     env: Vec<(&'static str, PathBuf)>,
     prog: OsString,
     args: Vec<OsString>,
-    /// Spawned as uid/gid 65534 (bare and bwrap; the floor and the sandbox drop ids themselves).
+    /// Spawned as uid/gid 65534 (bare, bwrap and srt, unless the workload runs as root; the
+    /// floor and the sandbox drop ids themselves; firejail runs as root).
     as_nobody: bool,
     /// The command prints its own inner time (it is run by `timeit`).
     timed_inside: bool,
@@ -438,15 +538,65 @@ struct Bench {
     sandbox: PathBuf,
     floor: PathBuf,
     timeit: PathBuf,
+    /// The settings file srt runs with.
+    srt_settings: PathBuf,
     scratch: Scratch,
     /// (what, command line) for the report.
     commands: Vec<(String, String)>,
 }
 
+/// Who a workload's command runs as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum User {
+    /// uid/gid 65534.
+    Nobody,
+    /// root (the Rust toolchain lives under /root, 0700).
+    Root,
+}
+
+/// The protected directory `dir/prot` (with one file), created if missing: the sandbox protects
+/// it in the unlink, build and exec workloads so Landlock and the supervisor are active.
+fn protected_dir(dir: &Path) -> Result<PathBuf> {
+    let prot = dir.join("prot");
+    if !prot.exists() {
+        fs::create_dir(&prot).with_context(|| format!("creating {}", prot.display()))?;
+        chown(&prot, Some(NOBODY), Some(NOBODY))?;
+        let keep = prot.join("keep");
+        fs::write(&keep, "protected\n")?;
+        chown(&keep, Some(NOBODY), Some(NOBODY))?;
+    }
+    Ok(prot)
+}
+
+/// `inv` with [`RUN`] replaced by the run's number in every argument.
+fn numbered(inv: &Invocation, run: usize) -> Invocation {
+    let mut inv = inv.clone();
+    let n = format!("{run:03}");
+    for a in &mut inv.args {
+        let s = a.to_string_lossy();
+        if s.contains(RUN) {
+            *a = s.replace(RUN, &n).into();
+        }
+    }
+    inv
+}
+
 impl Bench {
-    /// How variant `v` runs `argv` (under timeit if `timed_inside`).
+    /// How variant `v` runs `argv` as uid 65534 (under timeit if `timed_inside`).
     fn invocation(
         &self,
+        v: Variant,
+        argv: &[OsString],
+        protect: Option<&Path>,
+        timed_inside: bool,
+    ) -> Result<Invocation> {
+        self.invocation_as(User::Nobody, v, argv, protect, timed_inside)
+    }
+
+    /// How variant `v` runs `argv` as `user` (under timeit if `timed_inside`).
+    fn invocation_as(
+        &self,
+        user: User,
         v: Variant,
         argv: &[OsString],
         protect: Option<&Path>,
@@ -459,22 +609,37 @@ impl Bench {
             words.push("--".into());
         }
         words.extend(argv.iter().cloned());
+        let nobody = user == User::Nobody;
         let mut env = Vec::new();
         let (prog, args, as_nobody) = match v {
             Variant::Bare => {
                 let (p, a) = words.split_first().context("empty command")?;
-                (p.clone(), a.to_vec(), true)
+                (p.clone(), a.to_vec(), nobody)
             }
-            Variant::Floor => (self.floor.clone().into(), words, false),
+            Variant::Floor if nobody => (self.floor.clone().into(), words, false),
+            Variant::Floor => bail!("notify_floor runs commands as uid 65534 only"),
             Variant::Bwrap => {
                 let mut a: Vec<OsString> = ["--dev-bind", "/", "/"].map(OsString::from).to_vec();
                 a.extend(words);
-                ("bwrap".into(), a, true)
+                ("bwrap".into(), a, nobody)
+            }
+            Variant::Firejail => {
+                // firejail lets only users in /etc/firejail/firejail.users (and root) use it
+                let mut a: Vec<OsString> = ["--quiet", "--noprofile"].map(OsString::from).to_vec();
+                a.extend(words);
+                ("firejail".into(), a, false)
+            }
+            Variant::Srt => {
+                let mut a: Vec<OsString> =
+                    vec!["--settings".into(), self.srt_settings.clone().into()];
+                a.extend(words);
+                ("srt".into(), a, nobody)
             }
             Variant::Sandbox => {
                 env.push(("SANDBOX_STATE_DIR", self.scratch.base.join("state")));
                 env.push(("SANDBOX_LOG_DIR", self.scratch.base.join("logs")));
-                let mut a: Vec<OsString> = ["run", "--user", "nobody", "--quiet"]
+                let who = if nobody { "nobody" } else { "root" };
+                let mut a: Vec<OsString> = ["run", "--user", who, "--quiet"]
                     .map(OsString::from)
                     .to_vec();
                 if let Some(p) = protect {
@@ -519,18 +684,11 @@ impl Bench {
         self.commands.push((what, line));
     }
 
-    /// Spawns `inv` and times it.
-    fn spawn(&self, inv: &Invocation) -> Result<Sample> {
+    fn command(&self, inv: &Invocation) -> Command {
         let mut cmd = Command::new(&inv.prog);
         cmd.args(&inv.args)
             .current_dir(self.scratch.work())
-            .stdin(Stdio::null())
-            .stdout(if inv.timed_inside {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::inherit());
+            .stdin(Stdio::null());
         for (k, v) in &inv.env {
             cmd.env(k, v);
         }
@@ -538,6 +696,18 @@ impl Bench {
             // std drops the supplementary groups too when root sets a uid
             cmd.uid(NOBODY).gid(NOBODY);
         }
+        cmd
+    }
+
+    /// Spawns `inv` and times it.
+    fn spawn(&self, inv: &Invocation) -> Result<Sample> {
+        let mut cmd = self.command(inv);
+        cmd.stdout(if inv.timed_inside {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::inherit());
         let t0 = Instant::now();
         let out = cmd
             .output()
@@ -560,23 +730,78 @@ impl Bench {
         Ok(Sample { outer, inner })
     }
 
-    /// Start-up: `true`, bare, under the floor, under the sandbox and (if installed) bwrap.
-    fn start(&mut self, reps: usize, bwrap: Option<&Path>) -> Result<(Row, Option<String>)> {
+    /// Writes srt's settings: no network, writes allowed in `writable` only.
+    fn srt_settings(&self, writable: &[&Path]) -> Result<()> {
+        let allow: Vec<String> = writable.iter().map(|p| p.display().to_string()).collect();
+        let settings = serde_json::json!({
+            "network": {"allowedDomains": [], "deniedDomains": []},
+            "filesystem": {"denyRead": [], "allowWrite": allow, "denyWrite": []},
+        });
+        fs::write(&self.srt_settings, format!("{settings}\n"))
+            .with_context(|| format!("writing {}", self.srt_settings.display()))?;
+        Ok(())
+    }
+
+    /// The peers that are installed and run `true` here; a note for each of the others.
+    fn peers(&mut self, notes: &mut Vec<String>) -> Result<Vec<Variant>> {
+        let mut ok = Vec::new();
+        for (v, prog, package) in PEERS {
+            if find_in_path(prog).is_none() {
+                eprintln!("{prog} not installed, skipped");
+                notes.push(format!(
+                    "{prog} is not installed on this machine ({package}; \
+                     `scripts/install-bench-peers.sh` installs it): no {} numbers.",
+                    v.name()
+                ));
+                continue;
+            }
+            let inv = self.invocation(v, &["true".into()], None, false)?;
+            let out = self
+                .command(&inv)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .with_context(|| format!("spawning {}", self.show(&inv)))?;
+            if out.status.success() {
+                ok.push(v);
+                continue;
+            }
+            let why = String::from_utf8_lossy(&out.stderr);
+            let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("{prog} does not work here, skipped: {why}");
+            notes.push(format!(
+                "{prog} is installed but `{}` failed here ({}: {why}): no {} numbers.",
+                self.show(&inv),
+                out.status,
+                v.name()
+            ));
+        }
+        if ok.contains(&Variant::Firejail) {
+            notes.push(
+                "firejail is spawned as root: it refuses other users not listed in \
+                 /etc/firejail/firejail.users, and the benchmark leaves that file alone."
+                    .into(),
+            );
+        }
+        if ok.contains(&Variant::Srt) {
+            let settings = fs::read_to_string(&self.srt_settings).unwrap_or_default();
+            notes.push(format!(
+                "srt runs with `--settings $BASE/srt-settings.json`: `{}` (reads everywhere, \
+                 writes to the unlink workloads' directories only, no network; each run also \
+                 starts srt's HTTP and SOCKS bridges).",
+                settings
+                    .trim()
+                    .replace(self.scratch.base.to_string_lossy().as_ref(), "$BASE")
+            ));
+        }
+        Ok(ok)
+    }
+
+    /// Start-up: `true`, bare, under the floor, under the sandbox and under the working peers.
+    fn start(&mut self, reps: usize, peers: &[Variant]) -> Result<Row> {
         let argv = ["true".into()];
         let mut variants = vec![Variant::Bare, Variant::Floor, Variant::Sandbox];
-        let mut note = None;
-        if bwrap.is_some() {
-            let inv = self.invocation(Variant::Bwrap, &argv, None, false)?;
-            match self.spawn(&inv) {
-                Ok(_) => variants.push(Variant::Bwrap),
-                Err(e) => {
-                    eprintln!("bwrap does not work here, skipped: {e:#}");
-                    note = Some(format!(
-                        "bwrap is installed but failed here ({e:#}): no peer numbers."
-                    ));
-                }
-            }
-        }
+        variants.extend(peers);
         let mut invs = Vec::new();
         for v in &variants {
             let inv = self.invocation(*v, &argv, None, false)?;
@@ -584,26 +809,29 @@ impl Bench {
             self.spawn(&inv)?; // warm-up (page cache, first cgroup)
             invs.push((*v, inv));
         }
-        let samples = alternate("start", &invs, reps, |inv| self.spawn(inv))?;
-        Ok((
-            row("start: `true`", "whole run", &samples, |s| Some(s.outer))?,
-            note,
-        ))
+        let samples = alternate("start", &invs, reps, |_, inv| self.spawn(inv))?;
+        row("start: `true`", "whole run", &samples, |s| Some(s.outer))
     }
 
     /// Unlink-heavy on `dir` (named `fs`): `rm -rf` of a fresh 50,000-file tree per run, with a
     /// sibling directory protected in the sandbox so Landlock and the supervisor are active.
-    fn unlink(&mut self, fs_name: &str, dir: &Path, reps: usize) -> Result<Vec<Row>> {
-        let prot = dir.join("prot");
-        fs::create_dir(&prot).with_context(|| format!("creating {}", prot.display()))?;
-        chown(&prot, Some(NOBODY), Some(NOBODY))?;
-        let keep = prot.join("keep");
-        fs::write(&keep, "protected\n")?;
-        chown(&keep, Some(NOBODY), Some(NOBODY))?;
-
+    fn unlink(
+        &mut self,
+        fs_name: &str,
+        dir: &Path,
+        reps: usize,
+        peers: &[Variant],
+    ) -> Result<Vec<Row>> {
+        let prot = protected_dir(dir)?;
         let mut invs = Vec::new();
-        for v in [Variant::Bare, Variant::Floor, Variant::Sandbox] {
-            let argv: Vec<OsString> = vec!["rm".into(), "-rf".into(), dir.join("tree").into()];
+        let mut variants = vec![Variant::Bare, Variant::Floor, Variant::Sandbox];
+        variants.extend(peers);
+        for v in variants {
+            let argv: Vec<OsString> = vec![
+                "rm".into(),
+                "-rf".into(),
+                dir.join(format!("tree-{RUN}")).into(),
+            ];
             let inv = self.invocation(v, &argv, Some(&prot), true)?;
             self.record(format!("unlink-heavy on {fs_name}, {}", v.name()), &inv);
             invs.push((v, inv));
@@ -612,7 +840,28 @@ impl Bench {
         let trees: Vec<PathBuf> = (0..reps * invs.len())
             .map(|i| dir.join(format!("tree-{i:03}")))
             .collect();
-        let samples = self.unlink_runs(&label, &invs, reps, &trees);
+        eprint!("{label}: creating {} trees...", trees.len());
+        let t0 = Instant::now();
+        let made = trees.iter().try_for_each(|t| make_tree(t));
+        eprintln!(" done ({:.1} s)", t0.elapsed().as_secs_f64());
+        let samples = made.and_then(|()| {
+            alternate(&label, &invs, reps, |run, inv| {
+                let tree = &trees[run];
+                let inv = numbered(inv, run);
+                // dirty metadata of the previous run must not be written back during this one
+                // SAFETY: sync has no preconditions.
+                unsafe { libc::sync() };
+                let s = self.spawn(&inv)?;
+                if tree.exists() {
+                    bail!(
+                        "{} still exists after `{}`",
+                        tree.display(),
+                        self.show(&inv)
+                    );
+                }
+                Ok(s)
+            })
+        });
         for t in &trees {
             let _ = fs::remove_dir_all(t);
         }
@@ -624,54 +873,179 @@ impl Bench {
         ])
     }
 
-    /// Creates `trees` (one per timed run), then times the runs: each removes its own tree (the
-    /// tree's path replaces the last argument of the invocation).
-    fn unlink_runs(
-        &self,
-        label: &str,
-        invs: &[(Variant, Invocation)],
-        reps: usize,
-        trees: &[PathBuf],
-    ) -> Result<Vec<(Variant, Vec<Sample>)>> {
-        eprint!("{label}: creating {} trees...", trees.len());
-        for t in trees {
-            make_tree(t)?;
+    /// The git trees of [`Bench::git_clean`] (`disk/git-NNN`, one per run), made before any
+    /// timed removal on the disk.
+    fn git_trees(&mut self, disk: &Path, reps: usize) -> Result<Vec<PathBuf>> {
+        let template = disk.join("git-template");
+        workloads::git_template(&template, NOBODY)?;
+        let trees: Vec<PathBuf> = (0..reps * 3)
+            .map(|i| disk.join(format!("git-{i:03}")))
+            .collect();
+        eprint!("git clean: creating {} trees...", trees.len());
+        let t0 = Instant::now();
+        for t in &trees {
+            workloads::git_tree(&template, t, NOBODY)?;
         }
-        eprintln!(" done");
-        let mut next = trees.iter();
-        alternate(label, invs, reps, |inv| {
-            let tree = next.next().context("more runs than trees")?;
-            let mut inv = inv.clone();
-            if let Some(last) = inv.args.last_mut() {
-                *last = tree.into();
+        eprintln!(" done ({:.1} s)", t0.elapsed().as_secs_f64());
+        Ok(trees)
+    }
+
+    /// Unlink-heavy, the way builds clean up: `git clean -fdx` in a work tree with a few
+    /// committed files and 20,000 untracked and ignored files in nested directories.
+    fn git_clean(
+        &mut self,
+        disk: &Path,
+        prot: &Path,
+        trees: &[PathBuf],
+        reps: usize,
+    ) -> Result<Vec<Row>> {
+        // --git-dir: a tree without its .git must fail, not find the workspace's repository
+        let argv: Vec<OsString> = [
+            "git",
+            "-C",
+            &disk.join(format!("git-{RUN}")).display().to_string(),
+            "--git-dir=.git",
+            "--work-tree=.",
+            "clean",
+            "-fdxq",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let mut invs = Vec::new();
+        for v in [Variant::Bare, Variant::Floor, Variant::Sandbox] {
+            let inv = self.invocation(v, &argv, Some(prot), true)?;
+            self.record(format!("git clean, {}", v.name()), &inv);
+            invs.push((v, inv));
+        }
+        let samples = alternate("git clean", &invs, reps, |run, inv| {
+            let tree = trees.get(run).context("more runs than git trees")?;
+            if !tree.join(".git").is_dir() {
+                bail!("{} has no .git", tree.display());
             }
-            // dirty metadata of the previous run must not be written back during this one
+            let inv = numbered(inv, run);
             // SAFETY: sync has no preconditions.
             unsafe { libc::sync() };
             let s = self.spawn(&inv)?;
-            if tree.exists() {
-                bail!(
-                    "{} still exists after `{}`",
-                    tree.display(),
-                    self.show(&inv)
-                );
+            if !workloads::git_cleaned(tree) {
+                bail!("`{}` did not clean {}", self.show(&inv), tree.display());
             }
             Ok(s)
-        })
+        })?;
+        let name = "unlink-heavy, disk: `git clean -fdx` 20,000 files";
+        Ok(vec![
+            row(name, "git clean only", &samples, |s| s.inner)?,
+            row(name, "whole run", &samples, |s| Some(s.outer))?,
+        ])
+    }
+
+    /// Build-like: `make -j2` of a C project of 200 units, into a fresh object directory per
+    /// run, bare and in the sandbox (protecting `prot`).
+    fn make(&mut self, disk: &Path, prot: &Path, reps: usize) -> Result<Vec<Row>> {
+        let proj = disk.join("cproj");
+        workloads::c_project(&proj, NOBODY)?;
+        let argv: Vec<OsString> = [
+            "make",
+            "-s",
+            "-j2",
+            "-C",
+            &proj.display().to_string(),
+            &format!("O=obj-{RUN}"),
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let mut invs = Vec::new();
+        for v in [Variant::Bare, Variant::Sandbox] {
+            let inv = self.invocation(v, &argv, Some(prot), true)?;
+            self.record(format!("build-like, make, {}", v.name()), &inv);
+            invs.push((v, inv));
+        }
+        // warm-up (page cache of the compiler), into an object directory of its own
+        self.spawn(&numbered(&invs[0].1, 999))?;
+        let samples = alternate("make -j2", &invs, reps, |run, inv| {
+            let s = self.spawn(&numbered(inv, run))?;
+            let prog = proj.join(format!("obj-{run:03}/prog"));
+            if !prog.is_file() {
+                bail!("make did not build {}", prog.display());
+            }
+            Ok(s)
+        })?;
+        let name = format!("build-like: `make -j2`, {} C files", workloads::C_UNITS);
+        Ok(vec![
+            row(&name, "build only", &samples, |s| s.inner)?,
+            row(&name, "whole run", &samples, |s| Some(s.outer))?,
+        ])
+    }
+
+    /// Build-like: `cargo build --offline` (debug) of a generated dependency-free crate into a
+    /// fresh target directory per run, as root on both sides (the toolchain is under /root).
+    fn cargo(&mut self, disk: &Path, prot: &Path, reps: usize) -> Result<Vec<Row>> {
+        let dir = disk.join("cargo");
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let krate = dir.join("crate");
+        let lines = workloads::rust_crate(&krate)?;
+        // the toolchain's own cargo and rustc (as `cargo xtask` found them), not rustup's proxies
+        let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
+        let rustc = cargo.with_file_name("rustc");
+        let mut argv: Vec<OsString> = vec![
+            "env".into(),
+            format!("CARGO_HOME={}", dir.join("home").display()).into(),
+            format!(
+                "CARGO_TARGET_DIR={}",
+                dir.join(format!("target-{RUN}")).display()
+            )
+            .into(),
+        ];
+        if rustc.is_absolute() && rustc.is_file() {
+            argv.push(format!("RUSTC={}", rustc.display()).into());
+        }
+        argv.extend(
+            [
+                cargo.as_os_str(),
+                OsStr::new("build"),
+                OsStr::new("--offline"),
+                OsStr::new("-q"),
+                OsStr::new("--manifest-path"),
+                krate.join("Cargo.toml").as_os_str(),
+            ]
+            .map(OsString::from),
+        );
+        let mut invs = Vec::new();
+        for v in [Variant::Bare, Variant::Sandbox] {
+            let inv = self.invocation_as(User::Root, v, &argv, Some(prot), true)?;
+            self.record(format!("build-like, cargo, {}", v.name()), &inv);
+            invs.push((v, inv));
+        }
+        self.spawn(&numbered(&invs[0].1, 999))?; // warm-up
+        let samples = alternate("cargo build", &invs, reps, |run, inv| {
+            let s = self.spawn(&numbered(inv, run))?;
+            let bin = dir.join(format!("target-{run:03}/debug/benchcrate"));
+            if !bin.is_file() {
+                bail!("cargo did not build {}", bin.display());
+            }
+            Ok(s)
+        })?;
+        let name = format!(
+            "build-like: `cargo build --offline`, {} lines of Rust",
+            lines / 100 * 100
+        );
+        Ok(vec![
+            row(&name, "build only", &samples, |s| s.inner)?,
+            row(&name, "whole run", &samples, |s| Some(s.outer))?,
+        ])
     }
 
     /// Exec-heavy: a shell loop running `/bin/true` 2,000 times (the sandbox protects
     /// `disk/prot`, so the whole guard is active).
     fn exec(&mut self, disk: &Path, reps: usize) -> Result<Vec<Row>> {
         let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), EXEC_LOOP.into()];
-        let prot = disk.join("prot");
+        let prot = protected_dir(disk)?;
         let mut invs = Vec::new();
         for v in [Variant::Bare, Variant::Floor, Variant::Sandbox] {
             let inv = self.invocation(v, &argv, Some(&prot), true)?;
             self.record(format!("exec-heavy, {}", v.name()), &inv);
             invs.push((v, inv));
         }
-        let samples = alternate("exec-heavy", &invs, reps, |inv| self.spawn(inv))?;
+        let samples = alternate("exec-heavy", &invs, reps, |_, inv| self.spawn(inv))?;
         let name = "exec-heavy: 2,000 x `/bin/true` from `sh`";
         Ok(vec![
             row(name, "loop only", &samples, |s| s.inner)?,
@@ -682,7 +1056,7 @@ impl Bench {
 
 /// `word` for a shell command line shown to people: `$BASE` for the scratch directory `base`,
 /// paths in the workspace `root` relative to it, quoted unless plain.
-fn shell_word(word: &str, base: &Path, root: &Path) -> String {
+pub fn shell_word(word: &str, base: &Path, root: &Path) -> String {
     // the scratch directory is inside the target directory: replace it first
     let w = word.replace(base.to_string_lossy().as_ref(), "$BASE");
     let root = format!("{}/", root.to_string_lossy());
@@ -694,33 +1068,34 @@ fn shell_word(word: &str, base: &Path, root: &Path) -> String {
         t.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._,:=+-%".contains(c))
     };
-    let rest = w.strip_prefix("$BASE").unwrap_or(&w);
-    if !w.is_empty() && plain(rest) {
+    if !w.is_empty() && plain(&w.replace("$BASE", "")) {
         w
     } else {
         format!("'{}'", w.replace('\'', r"'\''"))
     }
 }
 
-/// Runs every variant `reps` times, alternating (the order rotates each repetition).
+/// Runs every variant `reps` times, alternating (the order rotates each repetition). `run` gets
+/// the run's number (0, 1, ... across all variants) and the invocation.
 fn alternate(
     label: &str,
     invs: &[(Variant, Invocation)],
     reps: usize,
-    mut run: impl FnMut(&Invocation) -> Result<Sample>,
+    mut run: impl FnMut(usize, &Invocation) -> Result<Sample>,
 ) -> Result<Vec<(Variant, Vec<Sample>)>> {
     let mut out: Vec<(Variant, Vec<Sample>)> = invs.iter().map(|(v, _)| (*v, Vec::new())).collect();
     eprint!("{label}: ");
+    let t0 = Instant::now();
     for rep in 0..reps {
         for i in 0..invs.len() {
             check_interrupted()?;
             let k = (rep + i) % invs.len();
-            let sample = run(&invs[k].1)?;
+            let sample = run(rep * invs.len() + i, &invs[k].1)?;
             out[k].1.push(sample);
         }
         eprint!(".");
     }
-    eprintln!(" done");
+    eprintln!(" done ({:.1} s)", t0.elapsed().as_secs_f64());
     Ok(out)
 }
 
@@ -810,6 +1185,47 @@ fn checks(rows: &[Row], backend: &str) -> Vec<Check> {
             });
         }
     }
+    if let Some(r) = find("unlink-heavy, disk: `git clean", "git clean only") {
+        if let Some(x) = r.ratio(Variant::Sandbox, Variant::Bare) {
+            out.push(Check {
+                target: format!(
+                    "`git clean -fdx` of 20,000 unprotected files within {bare_limit}x of bare ({backend} backend)"
+                ),
+                measured: format!("{x:.2}x"),
+                met: x <= bare_limit,
+            });
+        }
+        if let Some(x) = r.ratio(Variant::Sandbox, Variant::Floor) {
+            out.push(Check {
+                target: format!(
+                    "`git clean -fdx` under the sandbox within {:.0}% of the floor",
+                    (FLOOR_TARGET - 1.0) * 100.0
+                ),
+                measured: format!("{x:.2}x"),
+                met: x <= FLOOR_TARGET,
+            });
+        }
+    }
+    for (prefix, what) in [
+        ("build-like: `make", "`make -j2`"),
+        ("build-like: `cargo", "`cargo build`"),
+    ] {
+        for timed in ["build only", "whole run"] {
+            let Some(x) =
+                find(prefix, timed).and_then(|r| r.ratio(Variant::Sandbox, Variant::Bare))
+            else {
+                continue;
+            };
+            out.push(Check {
+                target: format!(
+                    "{what} under the sandbox within {:.0}% of bare, {timed}",
+                    (BUILD_TARGET - 1.0) * 100.0
+                ),
+                measured: format!("{x:.3}x"),
+                met: x <= BUILD_TARGET,
+            });
+        }
+    }
     out
 }
 
@@ -829,6 +1245,10 @@ mod tests {
             "target/release/sandbox"
         );
         assert_eq!(shell_word("/usr/bin/true", base, root), "/usr/bin/true");
+        assert_eq!(
+            shell_word("K=/w/target/bench.7/home", base, root),
+            "K=$BASE/home"
+        );
         assert_eq!(shell_word("a b", base, root), "'a b'");
         assert_eq!(shell_word("it's", base, root), r"'it'\''s'");
         assert_eq!(shell_word("", base, root), "''");

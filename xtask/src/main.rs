@@ -5,10 +5,12 @@
 //!   `docs/BENCHMARKS.md`. Needs root.
 
 mod bench;
+mod holdbench;
 mod machine;
 mod proxybench;
 mod report;
 mod vm;
+mod workloads;
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;

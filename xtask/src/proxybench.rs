@@ -7,6 +7,11 @@
 //! Latency: one curl process per variant sends the requests one after another over one
 //! keep-alive connection; curl's `time_total` of each transfer is a sample (the first few, which
 //! include connecting, are dropped). Throughput: a 64 MiB download, curl's `speed_download`.
+//!
+//! Server-sent events: the origin streams events a fixed gap apart, each carrying the
+//! CLOCK_MONOTONIC time it was sent; `progs/sse_client.py` (inside the sandbox for the proxied
+//! variants) notes when each arrived, on the same clock (no time namespace in a session). The
+//! difference is the per-event delay, which shows a proxy that buffers a streamed response.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,21 +21,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::report::Check;
+use crate::report::{percentile, Check, Outcome};
 
 /// DESIGN.md: untrapped HTTPS requests add under 1 ms at the median.
 const ADDED_TARGET_MS: f64 = 1.0;
 /// Samples dropped at the start of each latency run (connection set-up, warm-up).
 const WARMUP: usize = 5;
 
-/// What the proxy workload produced for the report.
-pub struct Outcome {
-    /// A markdown section (heading included).
-    pub section: String,
-    /// Targets.
-    pub checks: Vec<Check>,
-    /// (what, command line).
-    pub commands: Vec<(String, String)>,
+/// Python for the SSE client: the system's, which uid 65534 can run (a python3 earlier in
+/// root's PATH may live under /root, 0700).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// How much of the streamed-events workload to run.
+pub struct Sse {
+    /// Streams per variant (alternating between variants).
+    pub streams: usize,
+    /// Events per stream.
+    pub events: usize,
+    /// Gap between events.
+    pub gap_ms: u64,
 }
 
 struct Origin {
@@ -131,30 +140,54 @@ fn curl_cmd(sandbox: &Path, base: &Path, dir: &Path, way: &Way, curl_args: &[Str
     }
 }
 
-fn show(c: &Command) -> String {
-    let mut s = c.get_program().to_string_lossy().into_owned();
-    for a in c.get_args() {
-        let a = a.to_string_lossy();
-        if a.len() > 60 {
-            s.push_str(" …");
-            break;
+/// `c` as a shell command line for the report: `$BASE` for the scratch directory `base`,
+/// `$PORT` for the origin's port, and a run of repeated `-o /dev/null URL` as one with a count.
+fn show(c: &Command, root: &Path, base: &Path, port: u16) -> String {
+    let word = |w: &str| {
+        crate::bench::shell_word(w, base, root)
+            .replace(&format!("localhost:{port}"), "localhost:$PORT")
+    };
+    let mut words: Vec<String> = c
+        .get_envs()
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{}={}",
+                k.to_string_lossy(),
+                word(&v?.to_string_lossy())
+            ))
+        })
+        .collect();
+    words.push(word(&c.get_program().to_string_lossy()));
+    let args: Vec<String> = c.get_args().map(|a| word(&a.to_string_lossy())).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let triple = args.get(i..i + 3);
+        let mut n = 1;
+        while triple.is_some() && args.get(i + 3 * n..i + 3 * n + 3) == triple {
+            n += 1;
         }
-        s.push(' ');
-        s.push_str(&a);
+        match triple {
+            Some(t) if n > 1 => {
+                words.push(format!("{} (x{n})", t.join(" ")));
+                i += 3 * n;
+            }
+            _ => {
+                words.push(args[i].clone());
+                i += 1;
+            }
+        }
     }
-    s
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    words.join(" ")
 }
 
 /// Runs the proxy workload. `base` is the scratch directory (root, 0755).
-pub fn run(root: &Path, sandbox: &Path, base: &Path, requests: usize) -> Result<Outcome> {
+pub fn run(
+    root: &Path,
+    sandbox: &Path,
+    base: &Path,
+    requests: usize,
+    sse: &Sse,
+) -> Result<Outcome> {
     let dir = base.join("proxy");
     fs::create_dir_all(&dir)?;
     certificates(&dir)?;
@@ -197,7 +230,10 @@ pub fn run(root: &Path, sandbox: &Path, base: &Path, requests: usize) -> Result<
             args.push(small.clone());
         }
         let mut c = curl_cmd(sandbox, base, &dir, way, &args);
-        commands.push((format!("proxy latency, {}", way.name), show(&c)));
+        commands.push((
+            format!("proxy latency, {}", way.name),
+            show(&c, root, base, origin.port),
+        ));
         let o = c.output().context("curl")?;
         if !o.status.success() {
             bail!(
@@ -233,7 +269,10 @@ pub fn run(root: &Path, sandbox: &Path, base: &Path, requests: usize) -> Result<
         .map(|s| s.to_string())
         .collect();
         let mut c = curl_cmd(sandbox, base, &dir, way, &args);
-        commands.push((format!("proxy throughput, {}", way.name), show(&c)));
+        commands.push((
+            format!("proxy throughput, {}", way.name),
+            show(&c, root, base, origin.port),
+        ));
         let o = c.output().context("curl")?;
         if !o.status.success() {
             bail!(
@@ -250,6 +289,24 @@ pub fn run(root: &Path, sandbox: &Path, base: &Path, requests: usize) -> Result<
         v.sort_by(|a, b| a.total_cmp(b));
         tput.push(percentile(&v, 0.5));
     }
+    let mut out = Outcome::default();
+    let streamed = if Path::new(PYTHON).is_file() {
+        Some(sse_runs(
+            root,
+            sandbox,
+            base,
+            &ways,
+            origin.port,
+            sse,
+            &mut commands,
+        )?)
+    } else {
+        out.notes.push(format!(
+            "proxy, server-sent events: skipped, {PYTHON} (for the client inside the sandbox) \
+             does not exist."
+        ));
+        None
+    };
     drop(origin);
 
     let mut s = String::new();
@@ -257,7 +314,7 @@ pub fn run(root: &Path, sandbox: &Path, base: &Path, requests: usize) -> Result<
         s,
         "## Proxy\n\n\
          HTTPS GETs of 256 bytes to a local origin (`xtask/progs/https_server.py`, Python, HTTP/1.1 \
-         keep-alive), {requests} per variant over one connection (the first {WARMUP} dropped); \
+         keep-alive, TCP_NODELAY), {requests} per variant over one connection (the first {WARMUP} dropped); \
          curl's `time_total` per request. Throughput: median of three 64 MiB downloads. \
          *Intercepted* is the worst case: TLS terminated with the session CA, every request \
          classified against `cloud-deletes`, and TLS again to the origin.\n\n\
@@ -295,9 +352,154 @@ pub fn run(root: &Path, sandbox: &Path, base: &Path, requests: usize) -> Result<
             met: added < ADDED_TARGET_MS,
         });
     }
-    Ok(Outcome {
-        section: s,
-        checks,
-        commands,
-    })
+    if let Some(delays) = streamed {
+        let _ = writeln!(
+            s,
+            "\nServer-sent events: the origin streams {} events {} ms apart (HTTP/1.1 chunked, \
+             `text/event-stream`, TCP_NODELAY), {} stream(s) per variant, alternating; each \
+             event carries its send time, the client (`xtask/progs/sse_client.py`, Python) notes \
+             its arrival, both on CLOCK_MONOTONIC. Per-event delay = arrival − send.\n\n\
+             | variant | events | p50 ms | p99 ms | max ms | added at the median |\n\
+             |---|---:|---:|---:|---:|---:|",
+            sse.events, sse.gap_ms, sse.streams
+        );
+        let p50 = |v: &[f64]| percentile(v, 0.5);
+        for (i, way) in ways.iter().enumerate() {
+            let v = &delays[i];
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.3} | {:.3} | {:.3} | {} |",
+                way.name,
+                v.len(),
+                p50(v),
+                percentile(v, 0.99),
+                v.last().copied().unwrap_or(f64::NAN),
+                if i == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:+.3} ms", p50(v) - p50(&delays[0]))
+                },
+            );
+        }
+        for (i, way) in ways.iter().enumerate().skip(1) {
+            let added = p50(&delays[i]) - p50(&delays[0]);
+            checks.push(Check {
+                target: format!(
+                    "proxy, {}: a streamed (SSE) event is delayed < {ADDED_TARGET_MS} ms more \
+                     than direct, at the median",
+                    way.name
+                ),
+                measured: format!(
+                    "{added:+.3} ms ({:.3} vs {:.3} ms; p99 {:.3} vs {:.3} ms)",
+                    p50(&delays[i]),
+                    p50(&delays[0]),
+                    percentile(&delays[i], 0.99),
+                    percentile(&delays[0], 0.99)
+                ),
+                met: added < ADDED_TARGET_MS,
+            });
+        }
+    }
+    out.sections.push(s);
+    out.checks = checks;
+    out.commands = commands;
+    Ok(out)
+}
+
+/// The streamed-events part: per-event delays (ms, ascending) of each way.
+fn sse_runs(
+    root: &Path,
+    sandbox: &Path,
+    base: &Path,
+    ways: &[Way],
+    port: u16,
+    sse: &Sse,
+    commands: &mut Vec<(String, String)>,
+) -> Result<Vec<Vec<f64>>> {
+    let dir = base.join("proxy");
+    // a copy uid 65534 can read (the workspace may not be reachable for it)
+    let client = dir.join("sse_client.py");
+    fs::copy(root.join("xtask/progs/sse_client.py"), &client)
+        .context("copying xtask/progs/sse_client.py")?;
+    let url = format!(
+        "https://localhost:{port}/sse?n={}&gap_ms={}",
+        sse.events, sse.gap_ms
+    );
+    let cmd = |way: &Way| {
+        let mut words = vec![client.display().to_string(), url.clone()];
+        if way.cacert {
+            words.push(dir.join("ca.pem").display().to_string());
+        }
+        match &way.sandbox {
+            None => {
+                let mut c = Command::new(PYTHON);
+                c.args(&words);
+                for k in ["https_proxy", "HTTPS_PROXY"] {
+                    c.env_remove(k);
+                }
+                c
+            }
+            Some(opts) => {
+                let mut c = Command::new(sandbox);
+                c.env("SANDBOX_STATE_DIR", base.join("state"))
+                    .env("SANDBOX_LOG_DIR", base.join("logs"))
+                    .args(["run", "--user", "nobody", "--quiet"])
+                    .args(opts)
+                    .arg("--")
+                    .arg(PYTHON)
+                    .args(&words);
+                c
+            }
+        }
+    };
+    for way in ways {
+        commands.push((
+            format!("proxy SSE, {}", way.name),
+            show(&cmd(way), root, base, port),
+        ));
+    }
+    let mut delays: Vec<Vec<f64>> = ways.iter().map(|_| Vec::new()).collect();
+    eprint!("proxy SSE: ");
+    for rep in 0..sse.streams {
+        for i in 0..ways.len() {
+            let k = (rep + i) % ways.len();
+            let o = cmd(&ways[k])
+                .stdin(Stdio::null())
+                .output()
+                .context("running the SSE client")?;
+            if !o.status.success() {
+                bail!(
+                    "proxy SSE, {}: the client failed ({}): {}",
+                    ways[k].name,
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            let text = String::from_utf8_lossy(&o.stdout);
+            let got: Vec<f64> = text
+                .lines()
+                .filter_map(|l| {
+                    let (sent, recv) = l.split_once(' ')?;
+                    let (sent, recv) =
+                        (sent.parse::<i64>().ok()?, recv.trim().parse::<i64>().ok()?);
+                    Some((recv - sent) as f64 / 1e6)
+                })
+                .collect();
+            if got.len() != sse.events {
+                bail!(
+                    "proxy SSE, {}: {} of {} events arrived",
+                    ways[k].name,
+                    got.len(),
+                    sse.events
+                );
+            }
+            delays[k].extend(got);
+        }
+        eprint!(".");
+    }
+    eprintln!(" done");
+    for v in &mut delays {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    Ok(delays)
 }
