@@ -998,3 +998,66 @@ fn host_mode_connect_races_never_reach_a_held_endpoint() {
         text(&out)
     );
 }
+
+/// A client that gives up on a held request (its read timeout) takes its hold with it: nothing
+/// is left for a human to approve into the void.
+#[test]
+fn a_hold_whose_client_gave_up_is_withdrawn() {
+    if !common::privileged() || !have(&["python3", "curl"]) {
+        return;
+    }
+    let api = FakeApi::start("true");
+    let w = World::new();
+    let profile = w.file(
+        "k8s.toml",
+        "[network]\ninspect = [\"localhost\"]\nhold = [\"cloud-deletes\"]\n",
+    );
+    let profile = profile.display().to_string();
+    let url = format!(
+        "http://localhost:{}/api/v1/namespaces/default/pods/web-1",
+        api.port
+    );
+    let script = format!("curl -sS -m 3 -X DELETE {url}; echo curl=$?; sleep 2");
+    let r = w.spawn(
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--session",
+            "gave-up",
+            "--profile",
+            &profile,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        "gave-up",
+    );
+    let h = w.wait_hold("gave-up", Duration::from_secs(30));
+    assert_eq!(h["kind"], "http", "{h}");
+    assert!(
+        h["target"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("DELETE http://localhost:"),
+        "{h}"
+    );
+    let out = r.finish(Duration::from_secs(60));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("curl=28"),
+        "curl timed out: {}",
+        text(&out)
+    );
+    let log = w.log("gave-up");
+    assert!(
+        log.iter()
+            .any(|e| e["kind"] == "decision" && e["by"] == "client went away"),
+        "the hold was withdrawn when curl gave up: {log:?}"
+    );
+    assert!(
+        !api.log().contains("DELETE"),
+        "nothing reached the server: {}",
+        api.log()
+    );
+}

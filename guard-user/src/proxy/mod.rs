@@ -192,7 +192,11 @@ pub struct Proxy {
     ca: ca::SessionCa,
     holds: Holds<oneshot::Sender<Verdict>>,
     report: Arc<Reporter>,
-    upstream_tls: Arc<rustls::ClientConfig>,
+    /// The profile's upstream CAs, read at start (a bad file stops the session from starting).
+    extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Upstream TLS (the system roots plus `extra_roots`), made on first use: reading the
+    /// system's roots costs milliseconds that sessions without inspected hosts need not pay.
+    upstream_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl HoldBackend for Proxy {
@@ -216,12 +220,7 @@ impl Proxy {
     /// Makes the session CA and the upstream TLS configuration.
     pub fn new(cfg: Config, report: Arc<Reporter>) -> Result<Proxy, ProxyError> {
         let ca = ca::SessionCa::new(&cfg.session)?;
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for c in native.certs {
-            // A system root rustls cannot parse is skipped, like every TLS client does.
-            let _ = roots.add(c);
-        }
+        let mut extra_roots = Vec::new();
         for p in &cfg.upstream_ca {
             use rustls_pki_types::pem::PemObject;
             let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(p)
@@ -240,27 +239,47 @@ impl Proxy {
                     why: "no PEM certificate in it".into(),
                 });
             }
+            let mut probe = rustls::RootCertStore::empty();
             for c in certs {
-                roots.add(c).map_err(|e| ProxyError::UpstreamCa {
+                probe.add(c.clone()).map_err(|e| ProxyError::UpstreamCa {
                     path: p.clone(),
                     why: e.to_string(),
                 })?;
+                extra_roots.push(c);
             }
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Proxy {
             cfg,
             ca,
             holds: Holds::default(),
             report,
-            upstream_tls: Arc::new(tls),
+            extra_roots,
+            upstream_tls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The upstream TLS configuration (made on first use).
+    fn upstream_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(c) = self.upstream_tls.get() {
+            return Ok(c.clone());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_native_certs::load_native_certs().certs {
+            // A system root rustls cannot parse is skipped, like every TLS client does.
+            let _ = roots.add(c);
+        }
+        for c in &self.extra_roots {
+            roots.add(c.clone()).map_err(|e| e.to_string())?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(self.upstream_tls.get_or_init(|| Arc::new(tls)).clone())
     }
 
     /// How many hold rules the proxy applies.
@@ -712,8 +731,40 @@ impl Proxy {
             }
             Admission::Held(info) => {
                 self.report.held(&info);
+                // If the client goes away meanwhile (its connection closes and this future is
+                // dropped), the hold goes too: nobody is left to approve it for.
+                let mut gone = ClientGone {
+                    proxy: self,
+                    id: Some(info.id.clone()),
+                };
                 // A dropped sender (the session ending) denies.
-                (rx.await.unwrap_or(Verdict::Deny), info.id)
+                let v = rx.await.unwrap_or(Verdict::Deny);
+                gone.id = None;
+                (v, info.id)
+            }
+        }
+    }
+}
+
+/// Withdraws a pending hold whose client went away before the decision.
+struct ClientGone<'a> {
+    proxy: &'a Proxy,
+    id: Option<String>,
+}
+
+impl Drop for ClientGone<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            if let Ok(v) =
+                self.proxy
+                    .holds
+                    .decide(&id, Verdict::Deny, crate::hold::Scope::Once, None)
+            {
+                for d in v {
+                    self.proxy
+                        .report
+                        .decided(&d.info, d.verdict, "client went away", d.waited);
+                }
             }
         }
     }
@@ -800,7 +851,7 @@ impl Upstream {
         .map_err(estr)?;
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            tokio_rustls::TlsConnector::from(proxy.upstream_tls.clone()).connect(name, tcp),
+            tokio_rustls::TlsConnector::from(proxy.upstream_tls()?).connect(name, tcp),
         )
         .await
         .map_err(|_| String::from("TLS handshake timed out"))?
