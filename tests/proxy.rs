@@ -1061,3 +1061,206 @@ fn a_hold_whose_client_gave_up_is_withdrawn() {
         api.log()
     );
 }
+
+/// A TLS origin on 127.0.0.1 that speaks only HTTP/2 (ALPN h2), with a CA of its own; answers
+/// every request with "METHOD PATH VERSION".
+struct H2Origin {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl H2Origin {
+    fn start() -> H2Origin {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = std_l.local_addr().unwrap().port();
+        std_l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(std_l).unwrap();
+                loop {
+                    let Ok((tcp, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let svc = hyper::service::service_fn(
+                            |req: hyper::Request<hyper::body::Incoming>| async move {
+                                let body = format!(
+                                    "{} {} {:?}\n",
+                                    req.method(),
+                                    req.uri().path(),
+                                    req.version()
+                                );
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from(body)),
+                                ))
+                            },
+                        );
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                    });
+                }
+            });
+        });
+        H2Origin { dir, port }
+    }
+}
+
+#[test]
+fn http2_is_intercepted_and_classified() {
+    if !common::privileged() || !have(&["curl"]) {
+        return;
+    }
+    let origin = H2Origin::start();
+    let w = World::new();
+    let profile = w.file(
+        "h2.toml",
+        &format!(
+            "[network]\ninspect = [\"localhost\"]\nhold = [\"cloud-deletes\"]\nupstream_ca = [\"{}\"]\n",
+            origin.dir.path().join("ca.pem").display()
+        ),
+    );
+    let profile = profile.display().to_string();
+    let base = format!("https://localhost:{}", origin.port);
+    let script = format!(
+        "curl -sS --http2 -w 'v=%{{http_version}}\\n' {base}/hello
+curl -sS --http2 -m 30 -X DELETE -o /dev/null -w 'delete=%{{http_code}} v=%{{http_version}}\\n' {base}/api/v1/namespaces/default/pods/web-1"
+    );
+    let r = w.spawn(
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--session",
+            "h2",
+            "--profile",
+            &profile,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        "h2",
+    );
+    let h = common::decide_first(&w, "h2", "deny");
+    assert_eq!(h["kind"], "http", "{h}");
+    assert_eq!(
+        h["target"],
+        format!("DELETE {base}/api/v1/namespaces/default/pods/web-1"),
+        "{h}"
+    );
+    let out = r.finish(Duration::from_secs(60));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("GET /hello HTTP/2.0"),
+        "the origin saw HTTP/2: {}",
+        text(&out)
+    );
+    assert!(
+        s.contains("v=2\n"),
+        "the client spoke HTTP/2 to the proxy: {}",
+        text(&out)
+    );
+    assert!(
+        s.contains("delete=403 v=2"),
+        "denied over HTTP/2: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn unknown_hosts_hold_waits_like_a_permission_prompt() {
+    if !common::privileged() || !have(&["python3", "curl"]) {
+        return;
+    }
+    let api = FakeApi::start("true");
+    let w = World::new();
+    let profile = w.file("ask.toml", "[network]\nunknown_hosts = \"hold\"\n");
+    let profile = profile.display().to_string();
+    let url = format!("http://localhost:{}/sse", api.port);
+    let script = format!(
+        "curl -sS -m 30 -o /dev/null -w 'first=%{{http_code}}\\n' {url}
+curl -sS -m 30 -o /dev/null -w 'second=%{{http_code}}\\n' {url}"
+    );
+    let r = w.spawn(
+        &[
+            "run",
+            "--user",
+            "nobody",
+            "--session",
+            "ask",
+            "--profile",
+            &profile,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        "ask",
+    );
+    let first = w.wait_hold("ask", Duration::from_secs(30));
+    assert_eq!(first["kind"], "connect", "{first}");
+    assert_eq!(
+        first["target"],
+        format!("localhost:{}", api.port),
+        "{first}"
+    );
+    w.decide("deny", first["id"].as_str().unwrap(), &["--scope", "once"]);
+    let t0 = Instant::now();
+    let second = loop {
+        if let Some(h) = w
+            .pending()
+            .into_iter()
+            .find(|h| h["session"] == "ask" && h["id"] != first["id"])
+        {
+            break h;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no second hold");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    w.decide("approve", second["id"].as_str().unwrap(), &[]);
+    let out = r.finish(Duration::from_secs(60));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("first=403") && s.contains("second=200"),
+        "{}",
+        text(&out)
+    );
+}
