@@ -387,21 +387,8 @@ fn lsm_connect_to_a_held_endpoint_is_held_denied_then_approved() {
     if !lsm_available() {
         return;
     }
-    let serve = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n2 = n.clone();
-        std::thread::spawn(move || {
-            for c in l.incoming().flatten() {
-                n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                drop(c);
-            }
-        });
-        (port, n)
-    };
-    let (free, _) = serve();
-    let (held, accepted) = serve();
+    let (free, _) = common::counting_server();
+    let (held, accepted) = common::counting_server();
     let w = World::new();
     let profile = w.file(
         "connect.toml",

@@ -934,24 +934,8 @@ fn host_mode_connect_races_never_reach_a_held_endpoint() {
     if !common::privileged() {
         return;
     }
-    let serve = |l: std::net::TcpListener| {
-        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n2 = n.clone();
-        std::thread::spawn(move || {
-            for c in l.incoming().flatten() {
-                n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                drop(c);
-            }
-        });
-        n
-    };
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (fp, hp) = (
-        free.local_addr().unwrap().port(),
-        held.local_addr().unwrap().port(),
-    );
-    let (_free_n, held_n) = (serve(free), serve(held));
+    let (fp, _free_n) = common::counting_server();
+    let (hp, held_n) = common::counting_server();
     let w = World::new();
     let profile = w.file(
         "race.toml",

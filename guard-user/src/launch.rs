@@ -848,12 +848,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let listener = match ready {
         Ok(l) => l,
         Err(e) => {
-            let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
-            let _ = waitpid(init, None);
-            report.record(
-                "session_end",
-                json!({"error": format!("set-up failed: {e}")}),
-            );
+            abort_setup(init, &report, &e);
             return Err(RunError::Child);
         }
     };
@@ -879,12 +874,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         match started {
             Ok(r) => proxy_run = Some(r),
             Err(e) => {
-                let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
-                let _ = waitpid(init, None);
-                report.record(
-                    "session_end",
-                    json!({"error": format!("set-up failed: {e}")}),
-                );
+                abort_setup(init, &report, &e);
                 return Err(RunError::Usage(format!("network proxy: {e}")));
             }
         }
@@ -1042,6 +1032,17 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     drop(cleanup_sock);
     let _ = std::fs::remove_file(&policy_file);
     Ok(code)
+}
+
+/// Ends a session whose set-up failed after the fork: the init (and with it everything it
+/// started) is killed and reaped, and the audit log says why.
+fn abort_setup(init: Pid, report: &Reporter, why: &str) {
+    let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
+    let _ = waitpid(init, None);
+    report.record(
+        "session_end",
+        json!({"error": format!("set-up failed: {why}")}),
+    );
 }
 
 /// Where rule catalogues (`rules/NAME.toml`) are looked for: next to each profile file the

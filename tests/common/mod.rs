@@ -89,14 +89,7 @@ impl World {
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(["--".into(), "sh".into(), "-c".into(), script.into()]);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = self
-            .cmd(&a)
-            .current_dir(&self.work)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sandbox");
-        Running::new(child, session)
+        self.spawn(&a, session)
     }
 
     /// Starts `sandbox ARGS...` (stdout and stderr collected) as session `session`.
@@ -247,6 +240,21 @@ pub fn count_files(p: &Path) -> usize {
             }
         })
         .sum()
+}
+
+/// A TCP server on 127.0.0.1 (a free port) that accepts and closes connections, counting them.
+pub fn counting_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("local addr").port();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    (port, n)
 }
 
 /// A running `sandbox run`; killed (with its whole session) if dropped unfinished.

@@ -29,20 +29,11 @@ pub fn read_cstr(pid: u32, addr: u64) -> io::Result<OsString> {
         let first = if out.is_empty() { 256 } else { 4096 };
         let want = page_left.min(PATH_MAX - out.len()).min(first);
         let mut buf = [0u8; 4096];
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: want,
-        };
-        let remote = libc::iovec {
-            iov_base: cur as *mut libc::c_void,
-            iov_len: want,
-        };
-        // SAFETY: both iovecs describe valid memory of `want` bytes on their side.
-        let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        if n <= 0 {
-            return Err(io::Error::last_os_error());
+        let n = read_remote(pid, cur, &mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
-        let got = &buf[..n as usize];
+        let got = &buf[..n];
         if let Some(end) = got.iter().position(|&b| b == 0) {
             out.extend_from_slice(&got[..end]);
             return Ok(OsString::from_vec(out));
@@ -292,6 +283,25 @@ pub fn proc_fd_path(pid: u32, fd: i32) -> io::Result<PathBuf> {
 /// Convenience for joining a canonical directory and a plain name.
 pub fn join(dir: &Path, name: &[u8]) -> PathBuf {
     dir.join(OsStr::from_bytes(name))
+}
+
+/// Reads up to `buf.len()` bytes at `addr` in process `pid`'s memory (process_vm_readv);
+/// returns how many were read.
+pub fn read_remote(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: both iovecs describe valid memory of `buf.len()` bytes on their side.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 #[cfg(test)]

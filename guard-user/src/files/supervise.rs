@@ -833,17 +833,7 @@ fn read_sockaddr(pid: u32, addr: u64, len: u64) -> Option<Vec<u8>> {
         return None;
     }
     let mut buf = vec![0u8; len];
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: len,
-    };
-    // SAFETY: both iovecs are valid for `len` bytes on their side.
-    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-    (n == len as isize).then_some(buf)
+    (resolve::read_remote(pid, addr, &mut buf).ok()? == len).then_some(buf)
 }
 
 /// An IPv4 or IPv6 socket address from sockaddr bytes.
@@ -883,17 +873,8 @@ fn read_open_how(pid: u32, addr: u64, size: u64) -> Option<i32> {
         return None;
     }
     let mut flags = [0u8; 8];
-    let local = libc::iovec {
-        iov_base: flags.as_mut_ptr().cast(),
-        iov_len: 8,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: 8,
-    };
-    // SAFETY: both iovecs are valid for 8 bytes on their side.
-    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-    (n == 8).then(|| u64::from_ne_bytes(flags) as i32)
+    (resolve::read_remote(pid, addr, &mut flags).ok()? == 8)
+        .then(|| u64::from_ne_bytes(flags) as i32)
 }
 
 fn status_field(tid: u32, key: &str) -> Option<u32> {
