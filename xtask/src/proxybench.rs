@@ -180,6 +180,28 @@ fn show(c: &Command, root: &Path, base: &Path, port: u16) -> String {
     words.join(" ")
 }
 
+/// Runs `c` (recording it as `what`, shown by `show`) and returns the numbers it printed, one
+/// per line, in order.
+fn curl_numbers(
+    mut c: Command,
+    what: &str,
+    commands: &mut Vec<(String, String)>,
+    show: impl Fn(&Command) -> String,
+) -> Result<Vec<f64>> {
+    commands.push((what.to_string(), show(&c)));
+    let o = c.output().context("curl")?;
+    if !o.status.success() {
+        bail!(
+            "{what}: curl failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .collect())
+}
+
 /// Runs the proxy workload. `base` is the scratch directory (root, 0755).
 pub fn run(
     root: &Path,
@@ -229,25 +251,14 @@ pub fn run(
             args.push("/dev/null".into());
             args.push(small.clone());
         }
-        let mut c = curl_cmd(sandbox, base, &dir, way, &args);
-        commands.push((
-            format!("proxy latency, {}", way.name),
-            show(&c, root, base, origin.port),
-        ));
-        let o = c.output().context("curl")?;
-        if !o.status.success() {
-            bail!(
-                "proxy latency, {}: curl failed: {}",
-                way.name,
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        let mut v: Vec<f64> = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse::<f64>().ok())
-            .skip(WARMUP)
-            .map(|s| s * 1000.0)
-            .collect();
+        let mut v = curl_numbers(
+            curl_cmd(sandbox, base, &dir, way, &args),
+            &format!("proxy latency, {}", way.name),
+            &mut commands,
+            |c| show(c, root, base, origin.port),
+        )?;
+        v.drain(..WARMUP.min(v.len()));
+        let mut v: Vec<f64> = v.into_iter().map(|s| s * 1000.0).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         lat.push((percentile(&v, 0.5), percentile(&v, 0.9), v.len()));
 
@@ -268,24 +279,15 @@ pub fn run(
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut c = curl_cmd(sandbox, base, &dir, way, &args);
-        commands.push((
-            format!("proxy throughput, {}", way.name),
-            show(&c, root, base, origin.port),
-        ));
-        let o = c.output().context("curl")?;
-        if !o.status.success() {
-            bail!(
-                "proxy throughput, {}: curl failed: {}",
-                way.name,
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        let mut v: Vec<f64> = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse::<f64>().ok())
-            .map(|b| b / 1e6)
-            .collect();
+        let mut v: Vec<f64> = curl_numbers(
+            curl_cmd(sandbox, base, &dir, way, &args),
+            &format!("proxy throughput, {}", way.name),
+            &mut commands,
+            |c| show(c, root, base, origin.port),
+        )?
+        .into_iter()
+        .map(|b| b / 1e6)
+        .collect();
         v.sort_by(|a, b| a.total_cmp(b));
         tput.push(percentile(&v, 0.5));
     }
