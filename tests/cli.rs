@@ -330,6 +330,16 @@ fn doctor_reports_the_backend_and_lsm_refusal_gives_125() {
         .find(|c| c["name"] == "bpf lsm programs")
         .unwrap()
         .clone();
+    // What the network guard needs works here (and on the CI machines).
+    for name in ["network namespace", "cgroup connect4/6"] {
+        let c = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("doctor checks {name}: {v}"));
+        assert_eq!(c["ok"], true, "{c}");
+    }
     let marker = w.work.join("ran");
     let run_lsm = w
         .cmd(&[

@@ -75,6 +75,23 @@ fn lsm_list_private() -> Option<String> {
     }
 }
 
+/// Whether a new network namespace with loopback up can be made (in a short-lived child).
+fn netns_works() -> Result<(), String> {
+    // SAFETY: the child only makes system calls and exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Child => {
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                && crate::netns::loopback_up().is_ok();
+            // SAFETY: leave the forked copy without running destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+            _ => Err("unshare(CLONE_NEWNET) or bringing lo up failed".into()),
+        },
+    }
+}
+
 fn landlock_abi() -> Option<i64> {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) takes no pointer.
     let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, 0usize, 0usize, 1u32) };
@@ -184,6 +201,29 @@ pub fn checks() -> (Vec<Check>, Option<&'static str>) {
         userns > 0,
         format!("max_user_namespaces={userns}"),
         Some("sysctl user.max_user_namespaces=15000"),
+    ));
+    let netns = netns_works();
+    v.push(check(
+        "network namespace",
+        netns.is_ok(),
+        match &netns {
+            Ok(()) => "a new namespace with loopback up (--net proxy, the default, and --net none)"
+                .to_string(),
+            Err(e) => e.clone(),
+        },
+        Some("needs CONFIG_NET_NS and CAP_SYS_ADMIN; without it only `--net host` works"),
+    ));
+    let backstop = crate::netguard::probe();
+    v.push(check(
+        "cgroup connect4/6",
+        backstop.is_ok(),
+        match &backstop {
+            Ok(()) => {
+                "cgroup sock_addr programs load (hold_connect backstop with --net host)".to_string()
+            }
+            Err(e) => e.to_string(),
+        },
+        Some("needs CONFIG_CGROUP_BPF; without it hold_connect with --net host cannot start"),
     ));
     let uring = read("/proc/sys/kernel/io_uring_disabled");
     v.push(check(

@@ -815,9 +815,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     drop(cg_dir);
     let init = match r {
         r if r < 0 => {
-            return Err(sys_io("clone3(CLONE_NEWPID|CLONE_INTO_CGROUP)")(
-                std::io::Error::last_os_error(),
-            ))
+            return Err(sys_io(if net_mode == NetMode::Host {
+                "clone3(CLONE_NEWPID|CLONE_INTO_CGROUP)"
+            } else {
+                "clone3(CLONE_NEWPID|CLONE_NEWNET|CLONE_INTO_CGROUP)"
+            })(std::io::Error::last_os_error()))
         }
         0 => {
             drop(sup_end);

@@ -189,6 +189,23 @@ pub fn record_endpoint(family: u32, b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// Whether this kernel loads the backstop's cgroup programs (loads them, attaches nothing).
+pub fn probe() -> Result<(), NetGuardError> {
+    let btf = Btf::from_sys_fs().map_err(|e| NetGuardError::Map("btf", e.to_string()))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(crate::exec::EBPF_OBJECT)?;
+    for name in ["connect4", "connect6"] {
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(NetGuardError::Map(name, "program missing".into()))?
+            .try_into()
+            .map_err(|e| NetGuardError::Program(name, e))?;
+        p.load().map_err(|e| NetGuardError::Program(name, e))?;
+    }
+    Ok(())
+}
+
 /// The loaded and attached backstop of one session (detached when dropped).
 pub struct ConnectGuard {
     _ebpf: Ebpf,
