@@ -246,3 +246,56 @@ fn the_profile_sets_the_decision_timeout_and_default_scope() {
         "{log:?}"
     );
 }
+
+/// `cargo build` of a small crate under the shipped `default` profile, with nothing held; as
+/// root, where the Rust toolchain lives on these machines, in a root-owned directory (root
+/// without capabilities cannot write the test user's files).
+#[test]
+fn cargo_build_runs_under_the_default_profile() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let krate = w.work.join("krate");
+    std::fs::create_dir_all(krate.join("src")).unwrap();
+    std::fs::write(
+        krate.join("Cargo.toml"),
+        "[package]\nname = \"krate\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        krate.join("src/main.rs"),
+        "fn main() { println!(\"cargo-ok\"); }\n",
+    )
+    .unwrap();
+    let script = format!(
+        "set -e; cd {k}; CARGO_HOME={k}/.cargo-home CARGO_TARGET_DIR={k}/target cargo run -q --offline",
+        k = krate.display()
+    );
+    let out = w
+        .cmd(&[
+            "run",
+            "--user",
+            "root",
+            "--session",
+            "ordinary-cargo",
+            "--profile",
+            "default",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cargo-ok"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !w.log("ordinary-cargo").iter().any(|e| e["kind"] == "hold"),
+        "nothing is held"
+    );
+}
