@@ -1248,3 +1248,61 @@ curl -sS -m 30 -o /dev/null -w 'second=%{{http_code}}\\n' {url}"
         text(&out)
     );
 }
+
+/// A tunnel to an allowed address cannot carry TLS for an inspected name (CONNECT by IP, SNI of
+/// the inspected host): the proxy reads the ClientHello and cuts such a tunnel off.
+#[test]
+fn a_tunnel_cannot_smuggle_tls_for_an_inspected_host() {
+    if !common::privileged() || !have(&["curl"]) {
+        return;
+    }
+    let origin = H2Origin::start();
+    let w = World::new();
+    let ca = origin.dir.path().join("ca.pem");
+    let profile = w.file(
+        "smuggle.toml",
+        "[network]\nallow = [\"*\"]\ninspect = [\"localhost\"]\n",
+    );
+    let profile = profile.display().to_string();
+    let p = origin.port;
+    let script = format!(
+        "curl -sS -m 10 --cacert {ca} --connect-to localhost:{p}:127.0.0.1:{p} https://localhost:{p}/x 2>&1; echo smuggled=$?
+curl -sS -m 10 -k https://127.0.0.1:{p}/plain; echo plain=$?",
+        ca = ca.display()
+    );
+    let out = w
+        .spawn(
+            &[
+                "run",
+                "--user",
+                "nobody",
+                "--session",
+                "smuggle",
+                "--profile",
+                &profile,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+            "smuggle",
+        )
+        .finish(Duration::from_secs(60));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !s.contains("smuggled=0"),
+        "the smuggling tunnel was cut: {}",
+        text(&out)
+    );
+    assert!(
+        s.contains("GET /plain HTTP/2.0") && s.contains("plain=0"),
+        "a plain tunnel works: {}",
+        text(&out)
+    );
+    assert!(
+        w.log("smuggle")
+            .iter()
+            .any(|e| e["kind"] == "tunnel_refused" && e["sni"] == "localhost"),
+        "the refusal is in the audit log"
+    );
+}

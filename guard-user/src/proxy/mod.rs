@@ -529,6 +529,31 @@ impl Proxy {
             if let Ok(up) = upgrade.await {
                 let mut client = TokioIo::new(up);
                 let mut upstream = upstream;
+                // A tunnel carries TLS for the host it was opened to: a ClientHello naming
+                // another host (CONNECT to an allowed address, TLS to an inspected or unlisted
+                // name) would get around the lists, so it is cut off.
+                let first = match first_client_hello(&mut client).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::debug!(error = %e, host, "tunnel start");
+                        return;
+                    }
+                };
+                if let Some(name) = &first.sni {
+                    if self.cfg.class(name) != HostClass::Allow && !name.eq_ignore_ascii_case(&host)
+                    {
+                        self.report.record(
+                            "tunnel_refused",
+                            serde_json::json!({"connect": format!("{host}:{port}"), "sni": name,
+                                               "why": "the TLS server name is not an allowed host"}),
+                        );
+                        return;
+                    }
+                }
+                use tokio::io::AsyncWriteExt;
+                if upstream.write_all(&first.bytes).await.is_err() {
+                    return;
+                }
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             }
         });
@@ -742,6 +767,47 @@ impl Proxy {
                 gone.id = None;
                 (v, info.id)
             }
+        }
+    }
+}
+
+/// The first bytes a client sent into a tunnel, and the server name of its TLS ClientHello (None
+/// when it is not TLS or names no server).
+struct FirstBytes {
+    bytes: Vec<u8>,
+    sni: Option<String>,
+}
+
+/// Reads from `client` until its TLS ClientHello is complete (at most 64 KiB and 30 s), or until
+/// it is clear that the stream is not TLS. Everything read is returned, to be sent on.
+async fn first_client_hello<R>(client: &mut R) -> std::io::Result<FirstBytes>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut acc = rustls::server::Acceptor::default();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = tokio::time::timeout_at(deadline, client.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello"))??;
+        if n == 0 {
+            return Ok(FirstBytes { bytes, sni: None });
+        }
+        bytes.extend_from_slice(&buf[..n]);
+        if acc.read_tls(&mut &buf[..n]).is_err() {
+            return Ok(FirstBytes { bytes, sni: None });
+        }
+        match acc.accept() {
+            Ok(Some(accepted)) => {
+                let sni = accepted.client_hello().server_name().map(str::to_string);
+                return Ok(FirstBytes { bytes, sni });
+            }
+            Ok(None) if bytes.len() < 64 * 1024 => {}
+            // Not TLS (or a ClientHello rustls cannot read): nothing to check by name.
+            Ok(None) | Err(_) => return Ok(FirstBytes { bytes, sni: None }),
         }
     }
 }
