@@ -420,3 +420,69 @@ fn the_audit_log_records_exec_hold_and_decision_and_verify_detects_edits() {
         text(&bad)
     );
 }
+
+/// `sandbox watch --no-tui` prints a new hold within a second of it appearing and decides it
+/// from a typed line.
+#[test]
+fn watch_shows_a_new_hold_within_a_second_and_decides_it() {
+    use std::io::{BufRead, Write};
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("prod");
+    let f = w.file("prod/db", "precious");
+    let mut watch = w
+        .cmd(&["watch", "--no-tui"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, String)>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send((std::time::Instant::now(), l));
+        }
+    });
+    let r = w.run(
+        "watched",
+        &[&prot],
+        &[],
+        &format!("rm {}; echo rc=$?", f.display()),
+    );
+    let h = w.wait_hold("watched", Duration::from_secs(60));
+    let seen_pending = std::time::Instant::now();
+    let id = h["id"].as_str().unwrap().to_string();
+    let wait_for = |want: &str| -> std::time::Instant {
+        loop {
+            let (t, l) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("watch never printed {want:?}"));
+            if l.contains(want) {
+                return t;
+            }
+        }
+    };
+    let shown = wait_for(&format!("HELD {id}"));
+    assert!(
+        shown.saturating_duration_since(seen_pending) < Duration::from_secs(1),
+        "shown {:?} after it was pending",
+        shown.saturating_duration_since(seen_pending)
+    );
+    let mut stdin = watch.stdin.take().unwrap();
+    writeln!(stdin, "d").unwrap();
+    wait_for(&format!("denied {id}"));
+    let out = r.finish(Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
+        "{}",
+        text(&out)
+    );
+    assert!(f.exists());
+    writeln!(stdin, "q").unwrap();
+    assert!(watch.wait().unwrap().success());
+}

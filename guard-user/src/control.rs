@@ -316,7 +316,8 @@ fn refused(a: &Answer) -> ControlError {
 }
 
 /// `sandbox pending`: prints pending holds. Exit 0.
-pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError> {
+/// The pending holds of every live session (or of `session`), as the sessions report them.
+pub fn all_pending(session: Option<&str>) -> Result<Vec<serde_json::Value>, ControlError> {
     let mut all: Vec<serde_json::Value> = Vec::new();
     for (_, sock) in sockets(session)? {
         match call(&sock, &Request::Pending) {
@@ -328,6 +329,11 @@ pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError
             Err(e) => return Err(e),
         }
     }
+    Ok(all)
+}
+
+pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError> {
+    let all = all_pending(session)?;
     if json {
         println!("{}", serde_json::Value::Array(all));
     } else if all.is_empty() {
@@ -365,6 +371,32 @@ pub fn cmd_decide(
     scope: Option<Scope>,
     for_: Option<Duration>,
 ) -> Result<u8, ControlError> {
+    let n = decide(id, verdict, scope, for_)?;
+    println!("{}", decided_line(id, verdict, n));
+    Ok(0)
+}
+
+/// "approved ID" / "denied ID (and N more pending holds it covers)".
+pub fn decided_line(id: &str, verdict: Verdict, n: usize) -> String {
+    let what = if verdict == Verdict::Allow {
+        "approved"
+    } else {
+        "denied"
+    };
+    if n > 1 {
+        format!("{what} {id} (and {} more pending holds it covers)", n - 1)
+    } else {
+        format!("{what} {id}")
+    }
+}
+
+/// Decides hold `id` in whichever session has it; returns how many holds the decision covered.
+pub fn decide(
+    id: &str,
+    verdict: Verdict,
+    scope: Option<Scope>,
+    for_: Option<Duration>,
+) -> Result<usize, ControlError> {
     let req = Request::Decide {
         id: id.to_string(),
         verdict,
@@ -373,20 +405,7 @@ pub fn cmd_decide(
     };
     for (_, sock) in sockets(None)? {
         match call(&sock, &req) {
-            Ok(a) if a.ok => {
-                let n = a.decided.map(|d| d.len()).unwrap_or(1);
-                let what = if verdict == Verdict::Allow {
-                    "approved"
-                } else {
-                    "denied"
-                };
-                if n > 1 {
-                    println!("{what} {id} (and {} more pending holds it covers)", n - 1);
-                } else {
-                    println!("{what} {id}");
-                }
-                return Ok(0);
-            }
+            Ok(a) if a.ok => return Ok(a.decided.map(|d| d.len()).unwrap_or(1)),
             Ok(a) if a.unknown == Some(true) => {}
             Ok(a) => return Err(refused(&a)),
             Err(ControlError::Io { .. } | ControlError::Protocol { .. }) => {}

@@ -14,6 +14,7 @@ mod profile;
 mod proxy;
 mod report;
 mod stop;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -70,6 +71,9 @@ enum Cmd {
         #[arg(long = "for", value_name = "DUR", value_parser = hold::parse_duration)]
         for_: Option<std::time::Duration>,
     },
+    /// Watch for holds of every live session as they arrive and decide them (line mode: type
+    /// `a [ID] [scope] [DUR]`, `d [ID]`, `q`).
+    Watch(watch::WatchArgs),
     /// List live sessions.
     Sessions {
         /// A JSON array.
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
             control::cmd_decide(&id, hold::Verdict::Deny, scope, for_).map_err(|e| (1, e.into()))
         }
         Cmd::Sessions { json } => control::cmd_sessions(json).map_err(|e| (1, e.into())),
+        Cmd::Watch(a) => watch::cmd_watch(&a).map_err(|e| (1, e.into())),
         Cmd::Doctor { json } => Ok(doctor::cmd_doctor(json)),
         Cmd::Log(a) => audit::cmd_log(&a).map_err(|e| (1, anyhow::Error::from(e))),
         Cmd::Profile(c) => Ok(profile::cmd_profile(&c)),
