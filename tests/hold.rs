@@ -486,3 +486,169 @@ fn watch_shows_a_new_hold_within_a_second_and_decides_it() {
     writeln!(stdin, "q").unwrap();
     assert!(watch.wait().unwrap().success());
 }
+
+/// What a webhook receiver got: (lower-cased request head, body) per POST.
+type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A webhook receiver on 127.0.0.1 that records (headers, body) of every POST and answers 204.
+fn webhook_receiver() -> (u16, Deliveries) {
+    use std::io::{BufRead, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g2 = got.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line.to_ascii_lowercase());
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            g2.lock().unwrap().push((head, body));
+            let mut c = c;
+            let _ = c.write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, got)
+}
+
+fn hmac_hex(key: &[u8], body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
+    m.update(body);
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `[notify] webhook`: the receiver gets a signed JSON body for the hold and for its decision.
+#[test]
+fn webhook_gets_signed_hold_and_decision() {
+    if !privileged() {
+        return;
+    }
+    let (port, got) = webhook_receiver();
+    let w = World::new();
+    let prot = w.dir("prod");
+    let f = w.file("prod/db", "precious");
+    let secret = w.file("hook.secret", "s3cret-key\n");
+    let profile = w.file(
+        "hook.toml",
+        &format!(
+            "[notify]\nwebhook = \"http://127.0.0.1:{port}/hooks/guard\"\nwebhook_secret_file = \"{}\"\n",
+            secret.display()
+        ),
+    );
+    let r = w.run(
+        "hooked",
+        &[&prot],
+        &["--profile", profile.to_str().unwrap()],
+        &format!("rm {}; echo rc=$?", f.display()),
+    );
+    let h = decide_first(&w, "hooked", "deny");
+    let out = r.finish(T);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
+        "{}",
+        text(&out)
+    );
+    let t0 = std::time::Instant::now();
+    while got.lock().unwrap().len() < 2 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "a hold and a decision: {got:?}");
+    for (head, body) in &got {
+        let sig = format!(
+            "x-sandbox-signature: sha256={}",
+            hmac_hex(b"s3cret-key", body)
+        );
+        assert!(head.contains(&sig), "signed with the secret: {head}");
+        assert!(head.starts_with("post /hooks/guard "), "{head}");
+    }
+    let events: Vec<serde_json::Value> = got
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    let hold = events
+        .iter()
+        .find(|e| e["event"] == "hold")
+        .expect("hold event");
+    assert_eq!(hold["hold"]["id"], h["id"]);
+    assert_eq!(hold["hold"]["target"], f.display().to_string());
+    let dec = events
+        .iter()
+        .find(|e| e["event"] == "decision")
+        .expect("decision event");
+    assert_eq!(dec["decision"], "deny");
+    assert_eq!(dec["hold"]["id"], h["id"]);
+}
+
+/// A dead webhook receiver delays neither the hold nor the decision; the failed delivery ends
+/// up in the audit log.
+#[test]
+fn a_dead_webhook_delays_nothing_and_is_logged() {
+    if !privileged() {
+        return;
+    }
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let w = World::new();
+    let prot = w.dir("prod");
+    let f = w.file("prod/db", "precious");
+    let secret = w.file("hook.secret", "k");
+    let profile = w.file(
+        "hook.toml",
+        &format!(
+            "[notify]\nwebhook = \"http://127.0.0.1:{port}/\"\nwebhook_secret_file = \"{}\"\n",
+            secret.display()
+        ),
+    );
+    let t0 = std::time::Instant::now();
+    let r = w.run(
+        "deadhook",
+        &[&prot],
+        &["--profile", profile.to_str().unwrap()],
+        &format!("rm {}; echo rc=$?; sleep 12", f.display()),
+    );
+    let h = w.wait_hold("deadhook", Duration::from_secs(10));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "hold visible at once"
+    );
+    let t1 = std::time::Instant::now();
+    w.decide("deny", h["id"].as_str().unwrap(), &[]);
+    assert!(
+        t1.elapsed() < Duration::from_secs(2),
+        "decision not delayed"
+    );
+    let out = r.finish(Duration::from_secs(60));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
+        "{}",
+        text(&out)
+    );
+    let failed: Vec<_> = w
+        .log("deadhook")
+        .into_iter()
+        .filter(|e| e["kind"] == "webhook_failed")
+        .collect();
+    assert!(!failed.is_empty(), "the failed deliveries are logged");
+    assert_eq!(failed[0]["attempts"], 5, "{failed:?}");
+}

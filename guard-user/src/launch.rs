@@ -607,6 +607,25 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         .iter()
         .map(|c| c.to_string_lossy().into_owned())
         .collect();
+    // The webhook's key is read now (a bad file stops the session before it starts); its
+    // sender thread starts after the fork below.
+    let mut webhook = None;
+    if let (Some(url), Some(secret)) =
+        (&profile.notify.webhook, &profile.notify.webhook_secret_file)
+    {
+        let key = std::fs::read(secret).map_err(sys_io(format!(
+            "read notify.webhook_secret_file {}",
+            secret.display()
+        )))?;
+        let key = key.trim_ascii().to_vec();
+        if key.is_empty() {
+            return Err(RunError::Usage(format!(
+                "notify.webhook_secret_file {} is empty",
+                secret.display()
+            )));
+        }
+        webhook = Some((url.clone(), key));
+    }
     let report = Arc::new(Reporter::new(audit.clone(), args.quiet));
     // The egress proxy (its CA and rules) is ready before anything runs.
     let mut allow = net.allow.clone();
@@ -803,7 +822,22 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     ca[4] = libc::SIGCHLD as u64;
     ca[10] = cg_dir.as_raw_fd() as u64;
-    // SAFETY: the supervisor is single-threaded until after this call; clone3 without a stack
+    // A thread started before the fork could hold a lock (malloc's, say) that the child then
+    // waits on forever: check rather than trust.
+    let threads = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        })
+        .unwrap_or(0);
+    if threads != 1 {
+        return Err(RunError::Usage(format!(
+            "internal error: the supervisor has {threads} threads when it forks the session (must be 1)"
+        )));
+    }
+    // SAFETY: the supervisor is single-threaded until after this call (checked above); clone3 without a stack
     // behaves like fork(2). `ca` is a valid struct clone_args (version 2, 88 bytes).
     let r = unsafe {
         libc::syscall(
@@ -833,6 +867,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     // Kept open until the supervisor exits: the init sees it close if the supervisor dies early.
     let _lifeline = life_w;
 
+    if let Some((url, key)) = webhook.take() {
+        match crate::notify::Webhook::start(url, key, audit.clone()) {
+            Ok(h) => report.attach_webhook(h),
+            Err(e) => {
+                abort_setup(init, &report, &format!("webhook sender: {e}"));
+                return Err(RunError::Usage(format!("start the webhook sender: {e}")));
+            }
+        }
+    }
     // SIGURG interrupts the notify thread's blocking receive at the end (no SA_RESTART).
     {
         use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -1026,6 +1069,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     if let Ok(mut obs) = exec_thread.join() {
         let _ = obs.unwatch_cgroup(cg.id().unwrap_or(0));
     }
+    report.flush_webhook(Duration::from_secs(2));
     report.record(
         "session_end",
         json!({"exit_status": code, "raw_status": format!("{status:?}"), "duration_ms": t0.elapsed().as_millis() as u64}),

@@ -10,6 +10,7 @@ mod hold;
 mod launch;
 mod netguard;
 mod netns;
+mod notify;
 mod profile;
 mod proxy;
 mod report;

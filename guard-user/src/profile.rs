@@ -202,6 +202,15 @@ struct RawProfile {
     network: RawNetwork,
     #[serde(default)]
     commands: RawCommands,
+    #[serde(default)]
+    notify: RawNotify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawNotify {
+    webhook: Option<Str>,
+    webhook_secret_file: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -519,6 +528,17 @@ pub struct Network {
     pub upstream_ca: Vec<PathBuf>,
 }
 
+/// Where holds and decisions are announced besides the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Notify {
+    /// An http(s) URL that gets a signed JSON POST for each new hold and each decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// A file holding the HMAC-SHA256 key that signs the webhook's bodies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
 /// The commands section (parsed; enforced by the exec guard).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Commands {
@@ -547,6 +567,8 @@ pub struct Resolved {
     pub network: Network,
     /// Held commands (validated, not yet enforced).
     pub commands: Commands,
+    /// Webhook and other announcements.
+    pub notify: Notify,
 }
 
 #[derive(Serialize)]
@@ -559,6 +581,7 @@ struct View<'a> {
     process: &'a Process,
     network: &'a Network,
     commands: &'a Commands,
+    notify: &'a Notify,
 }
 
 #[derive(Serialize)]
@@ -585,6 +608,7 @@ impl Resolved {
             process: &self.process,
             network: &self.network,
             commands: &self.commands,
+            notify: &self.notify,
         }
     }
 
@@ -831,6 +855,7 @@ struct Layer {
     allow_io_uring: Option<bool>,
     network: Network,
     commands: Commands,
+    notify: Notify,
 }
 
 /// A `protect` / `protect_writes` entry.
@@ -1077,6 +1102,38 @@ fn parse_layer(doc: &Doc, home: &Path) -> Result<Layer, ProfileError> {
             return Err(doc.error(s.span(), "empty command pattern"));
         }
         push_unique(&mut l.commands.hold, words.join(" "));
+    }
+
+    // Notify.
+    if let Some(u) = &raw.notify.webhook {
+        let url = u.get_ref().trim();
+        let ok = url.parse::<http::Uri>().is_ok_and(|p| {
+            matches!(p.scheme_str(), Some("http" | "https"))
+                && p.host().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            return Err(doc.error(u.span(), format!("{url:?} is not an http(s) URL")));
+        }
+        l.notify.webhook = Some(url.to_string());
+    }
+    if let Some(f) = &raw.notify.webhook_secret_file {
+        let Entry::Path(p) = file_entry(doc, f, home, false)? else {
+            return Err(doc.error(f.span(), "notify.webhook_secret_file takes a file path"));
+        };
+        l.notify.webhook_secret_file = Some(p);
+    }
+    if l.notify.webhook.is_some() != l.notify.webhook_secret_file.is_some() {
+        let span = raw
+            .notify
+            .webhook
+            .as_ref()
+            .or(raw.notify.webhook_secret_file.as_ref())
+            .map(|s| s.span())
+            .unwrap_or(0..0);
+        return Err(doc.error(
+            span,
+            "notify.webhook and notify.webhook_secret_file go together (bodies are always signed)",
+        ));
     }
     Ok(l)
 }
@@ -1417,6 +1474,9 @@ impl Merge {
         }
         for p in l.network.upstream_ca {
             push_unique(&mut n.upstream_ca, p);
+        }
+        if l.notify.webhook.is_some() {
+            r.notify = l.notify;
         }
     }
 
@@ -1991,6 +2051,31 @@ unknown_hosts = "hold"
             assert!(e.starts_with("p.toml:2:"), "{bad}: {e}");
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn notify_takes_an_http_url_and_a_secret_file() {
+        let r = load_text(
+            "[notify]\nwebhook = \"https://hooks.example.com/guard\"\nwebhook_secret_file = \"/etc/sandbox/hook.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r.notify.webhook.as_deref(),
+            Some("https://hooks.example.com/guard")
+        );
+        assert_eq!(
+            r.notify.webhook_secret_file.as_deref(),
+            Some(Path::new("/etc/sandbox/hook.key"))
+        );
+        let e = error_of("[notify]\nwebhook = \"ftp://x\"\nwebhook_secret_file = \"/k\"\n");
+        assert!(
+            e.starts_with("p.toml:2:") && e.contains("not an http(s) URL"),
+            "{e}"
+        );
+        let e = error_of("[notify]\nwebhook = \"https://x/\"\n");
+        assert!(e.contains("go together"), "{e}");
+        let e = error_of("[notify]\nhook = \"https://x/\"\n");
+        assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]

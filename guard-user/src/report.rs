@@ -14,6 +14,8 @@ use crate::hold::{HoldInfo, Verdict};
 pub struct Reporter {
     audit: Arc<AuditLog>,
     quiet: bool,
+    /// Set after the fork (its thread must not exist when the session's init is forked).
+    webhook: std::sync::OnceLock<crate::notify::Webhook>,
 }
 
 fn verdict_str(v: Verdict) -> &'static str {
@@ -26,7 +28,26 @@ fn verdict_str(v: Verdict) -> &'static str {
 impl Reporter {
     /// A reporter writing to `audit`, and to stderr unless `quiet`.
     pub fn new(audit: Arc<AuditLog>, quiet: bool) -> Self {
-        Reporter { audit, quiet }
+        Reporter {
+            audit,
+            quiet,
+            webhook: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Gives the webhook up to `max` to deliver what is under way; records what was left.
+    pub fn flush_webhook(&self, max: Duration) {
+        if let Some(w) = self.webhook.get() {
+            let left = w.flush(max);
+            if left > 0 {
+                self.record("webhook_unsent", json!({"deliveries": left}));
+            }
+        }
+    }
+
+    /// Also announces holds and decisions to a webhook (once; later calls are ignored).
+    pub fn attach_webhook(&self, w: crate::notify::Webhook) {
+        let _ = self.webhook.set(w);
     }
 
     /// Appends an event to the audit log; a failure is logged as a diagnostic.
@@ -46,6 +67,9 @@ impl Reporter {
 
     /// A new hold waits for a human.
     pub fn held(&self, h: &HoldInfo) {
+        if let Some(w) = self.webhook.get() {
+            w.send("hold", json!({"event": "hold", "hold": h}));
+        }
         self.record(
             "hold",
             json!({"id": h.id, "pid": h.pid, "comm": h.comm, "cmdline": h.cmdline, "op": h.kind,
@@ -68,6 +92,13 @@ impl Reporter {
 
     /// A hold was decided (by a human, a timeout, or the end of the session).
     pub fn decided(&self, h: &HoldInfo, v: Verdict, by: &str, waited: Duration) {
+        if let Some(w) = self.webhook.get() {
+            w.send(
+                "decision",
+                json!({"event": "decision", "hold": h, "decision": verdict_str(v), "by": by,
+                       "waited_ms": waited.as_millis() as u64}),
+            );
+        }
         self.record(
             "decision",
             json!({"id": h.id, "decision": verdict_str(v), "by": by,
