@@ -189,12 +189,8 @@ pub fn record_endpoint(family: u32, b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-/// Whether this kernel loads the backstop's cgroup programs (loads them, attaches nothing).
-pub fn probe() -> Result<(), NetGuardError> {
-    let btf = Btf::from_sys_fs().map_err(|e| NetGuardError::Map("btf", e.to_string()))?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
-        .load(crate::exec::EBPF_OBJECT)?;
+/// Loads `connect4` and `connect6` into the kernel; attaches them to `cgroup` when given.
+fn load_programs(ebpf: &mut Ebpf, cgroup: Option<&std::fs::File>) -> Result<(), NetGuardError> {
     for name in ["connect4", "connect6"] {
         let p: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -202,8 +198,21 @@ pub fn probe() -> Result<(), NetGuardError> {
             .try_into()
             .map_err(|e| NetGuardError::Program(name, e))?;
         p.load().map_err(|e| NetGuardError::Program(name, e))?;
+        if let Some(dir) = cgroup {
+            p.attach(dir, CgroupAttachMode::Single)
+                .map_err(|e| NetGuardError::Program(name, e))?;
+        }
     }
     Ok(())
+}
+
+/// Whether this kernel loads the backstop's cgroup programs (loads them, attaches nothing).
+pub fn probe() -> Result<(), NetGuardError> {
+    let btf = Btf::from_sys_fs().map_err(|e| NetGuardError::Map("btf", e.to_string()))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(crate::exec::EBPF_OBJECT)?;
+    load_programs(&mut ebpf, None)
 }
 
 /// The loaded and attached backstop of one session (detached when dropped).
@@ -235,16 +244,7 @@ impl ConnectGuard {
         }
         let dir = std::fs::File::open(cgroup)
             .map_err(|e| NetGuardError::Cgroup(cgroup.display().to_string(), e))?;
-        for name in ["connect4", "connect6"] {
-            let p: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(NetGuardError::Map(name, "program missing".into()))?
-                .try_into()
-                .map_err(|e| NetGuardError::Program(name, e))?;
-            p.load().map_err(|e| NetGuardError::Program(name, e))?;
-            p.attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| NetGuardError::Program(name, e))?;
-        }
+        load_programs(&mut ebpf, Some(&dir))?;
         Ok(ConnectGuard { _ebpf: ebpf })
     }
 }
