@@ -4,7 +4,8 @@
 //!
 //! Workload: create N files (100 directories) on the VM's tmpfs, then time only `rm -rf` of the
 //! tree, run as uid 65534: bare, under `sandbox run --backend lsm` and (where Landlock has ABI 3)
-//! `--backend seccomp`, each with a protected sibling directory so the guard is really active.
+//! `--backend seccomp`, each with a protected sibling directory so the guard is really active;
+//! `lsm/host-net` is the LSM backend with `--net host` (no network namespace, no proxy).
 //! Only the `rm -rf` is timed (by this binary's `--timeit` mode, inside the sandbox), not the
 //! sandbox's start. Repetitions alternate between the variants; medians are reported.
 
@@ -46,22 +47,23 @@ fn time_rm(variant: &str, base: &Path, tree: &Path) -> Duration {
             std::os::unix::process::CommandExt::gid(&mut c, UID);
             c
         }
-        backend => {
+        variant => {
+            // `lsm/host-net`: the same without the session's network namespace and proxy.
+            let (backend, host_net) = match variant.strip_suffix("/host-net") {
+                Some(b) => (b, true),
+                None => (variant, false),
+            };
             let mut c = Command::new(sandbox());
-            c.args([
-                "run",
-                "--quiet",
-                "--user",
-                "65534",
-                "--backend",
-                backend,
-                "--protect",
-            ])
-            .arg(base.join("prot"))
-            .arg("--")
-            .arg(&me)
-            .env("SANDBOX_STATE_DIR", "/run/guard-bench/state")
-            .env("SANDBOX_LOG_DIR", "/run/guard-bench/logs");
+            c.args(["run", "--quiet", "--user", "65534", "--backend", backend]);
+            if host_net {
+                c.args(["--net", "host"]);
+            }
+            c.arg("--protect")
+                .arg(base.join("prot"))
+                .arg("--")
+                .arg(&me)
+                .env("SANDBOX_STATE_DIR", "/run/guard-bench/state")
+                .env("SANDBOX_LOG_DIR", "/run/guard-bench/logs");
             c
         }
     };
@@ -124,7 +126,7 @@ fn main() {
     std::fs::write(base.join("prot/keep"), b"keep").unwrap_or_else(|e| panic!("{e}"));
     // The test user removes the tree: it owns the directory the tree is in.
     std::os::unix::fs::chown(&base, Some(UID), Some(UID)).unwrap_or_else(|e| panic!("{e}"));
-    let mut variants = vec!["bare", "lsm"];
+    let mut variants = vec!["bare", "lsm", "lsm/host-net"];
     if landlock_abi() >= 3 {
         variants.push("seccomp");
     }
