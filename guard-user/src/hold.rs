@@ -421,6 +421,16 @@ pub trait HoldBackend: Send + Sync {
     ) {
     }
 
+    /// Takes pending hold `id` back, denied `by` the reason given, without carrying anything
+    /// out: whoever waited for it is gone.
+    fn withdraw(&self, id: &str, by: &str) {
+        if let Ok(v) = self.holds().decide(id, Verdict::Deny, Scope::Once, None) {
+            for d in v {
+                self.reporter().decided(&d.info, d.verdict, by, d.waited);
+            }
+        }
+    }
+
     /// Reports and carries out decided holds.
     fn finish(&self, decided: Vec<Decided<Self::Op>>, by: &str) {
         for d in decided {

@@ -727,15 +727,7 @@ impl Supervisor {
                 self.report.held(&info);
                 // The process may have been killed while we looked: don't leave a ghost hold.
                 if !self.listener.valid(n.id) {
-                    if let Ok(v) =
-                        self.holds
-                            .decide(&info.id, Verdict::Deny, crate::hold::Scope::Once, None)
-                    {
-                        for d in v {
-                            self.report
-                                .decided(&d.info, d.verdict, "process gone", d.waited);
-                        }
-                    }
+                    self.withdraw(&info.id, "process gone");
                 }
             }
         }

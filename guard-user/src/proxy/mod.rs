@@ -821,17 +821,7 @@ struct ClientGone<'a> {
 impl Drop for ClientGone<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            if let Ok(v) =
-                self.proxy
-                    .holds
-                    .decide(&id, Verdict::Deny, crate::hold::Scope::Once, None)
-            {
-                for d in v {
-                    self.proxy
-                        .report
-                        .decided(&d.info, d.verdict, "client went away", d.waited);
-                }
-            }
+            self.proxy.withdraw(&id, "client went away");
         }
     }
 }
