@@ -113,6 +113,19 @@ struct Way {
     cacert: bool,
 }
 
+/// `sandbox run --user nobody --quiet OPTS -- PROG ARGS` with the scratch state and log dirs.
+fn sandboxed(sandbox: &Path, base: &Path, opts: &[String], prog: &str, args: &[String]) -> Command {
+    let mut c = Command::new(sandbox);
+    c.env("SANDBOX_STATE_DIR", base.join("state"))
+        .env("SANDBOX_LOG_DIR", base.join("logs"))
+        .args(["run", "--user", "nobody", "--quiet"])
+        .args(opts)
+        .arg("--")
+        .arg(prog)
+        .args(args);
+    c
+}
+
 fn curl_cmd(sandbox: &Path, base: &Path, dir: &Path, way: &Way, curl_args: &[String]) -> Command {
     let mut args: Vec<String> = Vec::new();
     if way.cacert {
@@ -126,17 +139,7 @@ fn curl_cmd(sandbox: &Path, base: &Path, dir: &Path, way: &Way, curl_args: &[Str
             c.arg("--noproxy").arg("*").args(&args);
             c
         }
-        Some(opts) => {
-            let mut c = Command::new(sandbox);
-            c.env("SANDBOX_STATE_DIR", base.join("state"))
-                .env("SANDBOX_LOG_DIR", base.join("logs"))
-                .args(["run", "--user", "nobody", "--quiet"])
-                .args(opts)
-                .arg("--")
-                .arg("curl")
-                .args(&args);
-            c
-        }
+        Some(opts) => sandboxed(sandbox, base, opts, "curl", &args),
     }
 }
 
@@ -441,17 +444,7 @@ fn sse_runs(
                 }
                 c
             }
-            Some(opts) => {
-                let mut c = Command::new(sandbox);
-                c.env("SANDBOX_STATE_DIR", base.join("state"))
-                    .env("SANDBOX_LOG_DIR", base.join("logs"))
-                    .args(["run", "--user", "nobody", "--quiet"])
-                    .args(opts)
-                    .arg("--")
-                    .arg(PYTHON)
-                    .args(&words);
-                c
-            }
+            Some(opts) => sandboxed(sandbox, base, opts, PYTHON, &words),
         }
     };
     for way in ways {
