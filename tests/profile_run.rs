@@ -299,3 +299,121 @@ fn cargo_build_runs_under_the_default_profile() {
         "nothing is held"
     );
 }
+
+/// Runs `script` under profile `p`, deciding every hold of `session` with `verb` as it comes;
+/// returns (the holds, the output).
+fn decide_all(
+    w: &World,
+    p: &str,
+    session: &str,
+    verb: &str,
+    script: &str,
+) -> (Vec<serde_json::Value>, std::process::Output) {
+    let mut r = w.run(session, &[], &["--profile", p], script);
+    let mut seen = Vec::new();
+    let t0 = std::time::Instant::now();
+    while r.child.try_wait().unwrap().is_none() {
+        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
+            w.decide(verb, h["id"].as_str().unwrap(), &["--scope", "once"]);
+            seen.push(h);
+        }
+        assert!(t0.elapsed() < T, "session {session} did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (seen, r.finish(T))
+}
+
+fn sqlite(db: &std::path::Path, sql: &str) -> String {
+    let o = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (Debian package sqlite3) is needed");
+    assert!(o.status.success(), "sqlite3 {sql}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn protect_writes_holds_a_sqlite_drop_table_and_denied_leaves_the_table() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let dir = w.dir("data");
+    let db = dir.join("app.db");
+    sqlite(&db, "CREATE TABLE t(x); INSERT INTO t VALUES (42);");
+    common::chown(&db);
+    let p = profile(
+        &w,
+        &format!("[files]\nprotect_writes = [\"{}\"]\n", db.display()),
+    );
+    let script = format!("sqlite3 {} 'DROP TABLE t'; echo rc=$?", db.display());
+    let (holds, out) = decide_all(&w, &p, "pwdeny", "deny", &script);
+    assert!(!holds.is_empty(), "{}", text(&out));
+    for h in &holds {
+        assert_eq!(h["kind"], "write", "{h}");
+        assert_eq!(h["target"], db.display().to_string(), "{h}");
+        assert!(
+            h["rule"].as_str().unwrap().starts_with("protect_writes "),
+            "{h}"
+        );
+    }
+    assert!(!text(&out).contains("rc=0"), "{}", text(&out));
+    assert_eq!(sqlite(&db, "SELECT x FROM t"), "42");
+
+    let (holds, out) = decide_all(&w, &p, "pwallow", "approve", &script);
+    assert!(!holds.is_empty(), "{}", text(&out));
+    assert!(text(&out).contains("rc=0"), "{}", text(&out));
+    assert_eq!(
+        sqlite(&db, "SELECT count(*) FROM sqlite_master WHERE name = 't'"),
+        "0"
+    );
+}
+
+#[test]
+fn protect_writes_holds_appends_and_creations_but_not_reads_or_neighbours() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let base = w.dir("wd");
+    let log = w.file("wd/vault/log", "orig\n");
+    let vault = base.join("vault");
+    let p = profile(
+        &w,
+        &format!("[files]\nprotect_writes = [\"{}\"]\n", vault.display()),
+    );
+    // A new file next to the protected directory (the supervisor makes it: Landlock has no
+    // grant for entries that did not exist at start) keeps the process's umask.
+    let script = format!(
+        "umask 027; cd {b}; echo a > free.txt; stat -c %a free.txt; cat free.txt; \
+         cat vault/log; echo b >> vault/log; echo c > vault/new; \
+         python3 -c 'import os; os.open(\"vault/log\", os.O_RDWR)' 2>/dev/null || echo py-refused; \
+         echo end",
+        b = base.display()
+    );
+    let (holds, out) = decide_all(&w, &p, "pwplain", "deny", &script);
+    let o = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        o.lines().collect::<Vec<_>>(),
+        ["640", "a", "orig", "py-refused", "end"],
+        "{}",
+        text(&out)
+    );
+    let targets: Vec<&str> = holds
+        .iter()
+        .map(|h| h["target"].as_str().unwrap())
+        .collect();
+    let (l, n) = (
+        log.display().to_string(),
+        vault.join("new").display().to_string(),
+    );
+    assert_eq!(targets, [l.as_str(), n.as_str(), l.as_str()], "{holds:?}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "orig\n");
+    assert!(!vault.join("new").exists());
+    assert_eq!(
+        std::fs::read_to_string(base.join("free.txt")).unwrap(),
+        "a\n"
+    );
+}

@@ -427,7 +427,7 @@ struct ChildPlan {
     /// Whether the filter notifies the supervisor (seccomp backend).
     notify: bool,
     /// Landlock rules (seccomp backend only; empty: nothing removable).
-    grants: Option<Vec<(PathBuf, files::landlock::Grant)>>,
+    grants: Option<files::landlock::Rules>,
     /// Read-only, writable and hidden paths of the profile.
     mounts: Mounts,
     hide: Vec<PathBuf>,
@@ -462,15 +462,19 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     patterns.extend(pf.protect_writes_patterns.patterns().iter().cloned());
     let patterns = crate::profile::PatternSet::new(&patterns)
         .map_err(|e| RunError::Usage(format!("profile patterns: {e}")))?;
-    let prot = Arc::new(Protection::with_patterns(&protect, Some(patterns))?);
+    let write_paths: Vec<PathBuf> = pf
+        .protect_writes_paths
+        .iter()
+        .filter(|p| p.exists())
+        .cloned()
+        .collect();
+    let prot = Arc::new(
+        Protection::with_patterns(&protect, Some(patterns))?
+            .with_writes(&write_paths, Some(pf.protect_writes_patterns.clone()))?,
+    );
     // What this version parses but does not enforce yet is said at start and recorded, never
     // silently dropped.
     let mut not_enforced: Vec<&str> = Vec::new();
-    if !pf.protect_writes_paths.is_empty() || !pf.protect_writes_patterns.is_empty() {
-        not_enforced.push(
-            "files.protect_writes holds removal, rename and truncation only, not other writes",
-        );
-    }
     let net = &profile.network;
     let net_mode = args.net.or(net.mode).unwrap_or(NetMode::Proxy);
     for h in &args.allow_host {
@@ -537,6 +541,10 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             Backend::Seccomp,
             Some("name patterns are enforced by the seccomp backend only".to_string()),
         ),
+        Backend::Auto if prot.writes().is_some() => (
+            Backend::Seccomp,
+            Some("files.protect_writes is enforced by the seccomp backend only".to_string()),
+        ),
         Backend::Auto => {
             ensure_private_dir(&control::state_dir())?;
             match files::lsm::probe_cached(&control::state_dir(), &btf) {
@@ -545,6 +553,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             }
         }
     };
+    if backend == Backend::Lsm && prot.writes().is_some() {
+        return Err(RunError::Usage(
+            "--backend lsm does not hold write-opens (files.protect_writes) yet; use --backend seccomp".into(),
+        ));
+    }
     if backend == Backend::Lsm && prot.has_patterns() {
         return Err(RunError::Usage(
             "--backend lsm does not enforce name patterns (e.g. **/*.tfstate) yet; use --backend seccomp".into(),
@@ -588,6 +601,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let mut fopts = files::seccomp::FilterOpts {
         notify: backend == Backend::Seccomp,
         notify_connect: !connect_held.is_empty(),
+        notify_writes: prot.writes().is_some(),
         allow_io_uring: profile.process.allow_io_uring,
         allow: profile.process.allow_syscalls.clone(),
         deny: profile.process.deny_syscalls.clone(),
@@ -597,8 +611,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     let bpf = files::seccomp::build(&fopts)?;
     let grants = match backend {
-        Backend::Seccomp if prot.has_patterns() => Some(Vec::new()),
-        Backend::Seccomp if !prot.is_empty() => Some(files::landlock::grants(&prot)),
+        Backend::Seccomp if !prot.is_empty() => Some(files::landlock::rules(&prot)),
         _ => None,
     };
     let started = crate::audit::rfc3339_micros(std::time::SystemTime::now());

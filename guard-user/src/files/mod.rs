@@ -80,6 +80,48 @@ pub struct Protection {
     /// Name patterns (`**/*.tfstate`, `**/.git`): they protect matching paths anywhere, so
     /// Landlock grants nothing and the supervisor performs every removal itself.
     patterns: Option<crate::profile::PatternSet>,
+    /// `protect_writes`: what no write-open may reach without a decision.
+    writes: Option<Writes>,
+}
+
+/// The write-protected part of a session (`files.protect_writes`).
+#[derive(Debug)]
+pub struct Writes {
+    /// Canonical write-protected roots.
+    roots: Vec<PathBuf>,
+    /// Proper ancestors of those roots: their new entries get no Landlock write grant.
+    ancestors: HashSet<PathBuf>,
+    /// Name patterns: with them Landlock grants no write anywhere, so the supervisor performs
+    /// every write-open itself.
+    patterns: Option<crate::profile::PatternSet>,
+}
+
+impl Writes {
+    /// The canonical write-protected roots.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// Proper ancestors of the write-protected roots.
+    pub fn ancestors(&self) -> impl Iterator<Item = &Path> {
+        self.ancestors.iter().map(PathBuf::as_path)
+    }
+
+    /// True when name patterns write-protect paths anywhere (Landlock grants no write).
+    pub fn has_patterns(&self) -> bool {
+        self.patterns.is_some()
+    }
+}
+
+/// How a write-open (or creation) of a path is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteClass {
+    /// Landlock lets the process write there on its own.
+    Free,
+    /// Not protected, but Landlock has no grant for it: the supervisor opens it for the process.
+    Perform,
+    /// Write-protected: held. The index is the protected root it lies in (or the pattern root).
+    Held(usize),
 }
 
 impl Protection {
@@ -122,9 +164,106 @@ impl Protection {
             ancestors,
             linked: Mutex::new(HashMap::new()),
             patterns: patterns.filter(|p| !p.is_empty()),
+            writes: None,
         };
         prot.scan_links();
         Ok(prot)
+    }
+
+    /// Adds write protection (`files.protect_writes`): every path must exist and must also be
+    /// protected (a protected root or below one), and the patterns must be among the
+    /// protection's patterns.
+    pub fn with_writes(
+        mut self,
+        paths: &[PathBuf],
+        patterns: Option<crate::profile::PatternSet>,
+    ) -> Result<Self, FilesError> {
+        let patterns = patterns.filter(|p| !p.is_empty());
+        if paths.is_empty() && patterns.is_none() {
+            return Ok(self);
+        }
+        let mut roots = Vec::new();
+        for p in paths {
+            let c = std::fs::canonicalize(p).map_err(|source| FilesError::Protect {
+                path: p.clone(),
+                source,
+            })?;
+            roots.push(c);
+        }
+        roots.sort();
+        roots.dedup();
+        let mut ancestors = HashSet::new();
+        for r in &roots {
+            let mut a = r.parent();
+            while let Some(p) = a {
+                ancestors.insert(p.to_path_buf());
+                a = p.parent();
+            }
+        }
+        self.writes = Some(Writes {
+            roots,
+            ancestors,
+            patterns,
+        });
+        Ok(self)
+    }
+
+    /// The write protection, if any.
+    pub fn writes(&self) -> Option<&Writes> {
+        self.writes.as_ref()
+    }
+
+    /// How a write-open of canonical `path` (existing or about to be created) is treated.
+    pub fn classify_write(&self, path: &Path) -> WriteClass {
+        let Some(w) = &self.writes else {
+            return WriteClass::Free;
+        };
+        let held = w.roots.iter().any(|r| path.starts_with(r))
+            || w.patterns.as_ref().is_some_and(|p| p.covers(path));
+        if held {
+            let root = self
+                .roots
+                .iter()
+                .position(|r| path.starts_with(r))
+                .unwrap_or(self.roots.len());
+            return WriteClass::Held(root);
+        }
+        if w.patterns.is_some() {
+            return WriteClass::Perform;
+        }
+        if w.roots.iter().any(|r| r.starts_with(path)) {
+            // An ancestor directory itself: opening it for writing fails on its own.
+            return WriteClass::Free;
+        }
+        match path.parent() {
+            Some(parent) if w.ancestors.contains(parent) => WriteClass::Perform,
+            _ => WriteClass::Free,
+        }
+    }
+
+    /// True when protected root `i` (or the pattern root) contains write-protected data.
+    pub fn root_has_writes(&self, i: usize) -> bool {
+        let Some(w) = &self.writes else {
+            return false;
+        };
+        match self.roots.get(i) {
+            Some(r) => w.patterns.is_some() || w.roots.iter().any(|x| x.starts_with(r)),
+            None => w.patterns.is_some(),
+        }
+    }
+
+    /// What write-protects `path`, for people.
+    pub fn describe_write(&self, path: &Path) -> String {
+        match &self.writes {
+            Some(w) => match w.roots.iter().find(|r| path.starts_with(r)) {
+                Some(r) => format!("protect_writes {}", r.display()),
+                None => match &w.patterns {
+                    Some(p) => format!("protect_writes pattern {}", p.patterns().join(", ")),
+                    None => "protect_writes".into(),
+                },
+            },
+            None => "protect_writes".into(),
+        }
     }
 
     /// The canonical protected roots.
@@ -245,6 +384,7 @@ mod tests {
             ancestors,
             linked: Mutex::new(HashMap::new()),
             patterns: None,
+            writes: None,
         }
     }
 
@@ -289,6 +429,55 @@ mod tests {
             p.classify(&p.roots()[0].join("b/c")),
             Class::Protected(0)
         ));
+    }
+
+    #[test]
+    fn write_protection_holds_its_roots_and_performs_new_entries_of_ancestors() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let base = std::fs::canonicalize(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(base.join("proj/src")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(base.join("proj/app.db"), b"").unwrap_or_else(|e| panic!("{e}"));
+        let db = base.join("proj/app.db");
+        let p = Protection::new(&[base.join("proj")])
+            .and_then(|p| p.with_writes(std::slice::from_ref(&db), None))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.classify_write(&db), WriteClass::Held(0));
+        assert_eq!(
+            p.classify_write(&base.join("proj/app.db-journal")),
+            WriteClass::Perform
+        );
+        assert_eq!(
+            p.classify_write(&base.join("proj/src/x.c")),
+            WriteClass::Free
+        );
+        assert_eq!(p.classify_write(&base.join("proj")), WriteClass::Free);
+        assert_eq!(
+            p.classify_write(Path::new("/no-such-dir/x")),
+            WriteClass::Free
+        );
+        // A new entry of an ancestor (the temporary directory is below /tmp).
+        assert_eq!(p.classify_write(&base.join("x")), WriteClass::Perform);
+        assert!(p.describe_write(&db).starts_with("protect_writes "));
+        // Without protect_writes nothing is write-held.
+        let q = Protection::new(&[base.join("proj")]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(q.classify_write(&db), WriteClass::Free);
+    }
+
+    #[test]
+    fn write_patterns_hold_matches_and_perform_everything_else() {
+        let pats = crate::profile::PatternSet::new(&["**/*.sqlite".to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let p = Protection::with_patterns(&[], Some(pats.clone()))
+            .and_then(|p| p.with_writes(&[], Some(pats)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            p.classify_write(Path::new("/w/a/b.sqlite")),
+            WriteClass::Held(p.pattern_root())
+        );
+        assert_eq!(
+            p.classify_write(Path::new("/w/a/b.txt")),
+            WriteClass::Perform
+        );
     }
 
     #[test]

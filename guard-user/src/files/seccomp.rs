@@ -86,6 +86,8 @@ pub struct FilterOpts {
     pub notify: bool,
     /// Send connect(2) to the supervisor too (`hold_connect` with `--net host`).
     pub notify_connect: bool,
+    /// Send every write-open and creation to the supervisor too (`protect_writes`).
+    pub notify_writes: bool,
     /// Let io_uring be set up (never on the seccomp backend).
     pub allow_io_uring: bool,
     /// Baseline calls the profile allows after all.
@@ -117,6 +119,24 @@ pub fn build(opts: &FilterOpts) -> Result<Vec<u8>, FilesError> {
             );
             f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp])
                 .map_err(err)?;
+        }
+    }
+    if opts.notify && opts.notify_writes {
+        // Opened for writing (O_WRONLY or O_RDWR) or created: each is a rule (rules are ORed).
+        let acc = libc::O_ACCMODE as u64;
+        let conds = [
+            (acc, libc::O_WRONLY as u64),
+            (acc, libc::O_RDWR as u64),
+            (acc, acc),
+            (libc::O_CREAT as u64, libc::O_CREAT as u64),
+        ];
+        for (name, arg) in HELD_IF_TRUNC {
+            let sc = ScmpSyscall::from_name(name).map_err(err)?;
+            for (mask, val) in conds {
+                let cmp = ScmpArgCompare::new(*arg, ScmpCompareOp::MaskedEqual(mask), val);
+                f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp])
+                    .map_err(err)?;
+            }
         }
     }
     if opts.notify && opts.notify_connect {

@@ -8,7 +8,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::resolve::{self, PinnedDir, Target};
 use super::seccomp::{Listener, Notif};
-use super::{Class, Protection};
+use super::{Class, Protection, WriteClass};
 use crate::hold::{Admission, HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
 use crate::report::Reporter;
 
@@ -60,6 +60,16 @@ pub enum Op {
         /// open(2) flags.
         flags: i32,
     },
+    /// Create a new entry with open(2) (O_CREAT) and hand the fd back: the entry is not there
+    /// yet, so there is no object to reopen.
+    Create {
+        /// Where the entry is to be made.
+        at: Target,
+        /// open(2) flags.
+        flags: i32,
+        /// The mode argument (the process's umask applies).
+        mode: u32,
+    },
     /// connect(2) the process's own socket (a duplicate, from pidfd_getfd) to a held endpoint.
     Connect {
         /// The socket.
@@ -90,6 +100,7 @@ pub struct Creds {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    umask: u32,
 }
 
 impl Creds {
@@ -115,8 +126,19 @@ impl Creds {
                     .collect()
             })
             .unwrap_or_default();
+        // Octal; a kernel without the field gets the most restrictive usual mask.
+        let umask = status
+            .lines()
+            .find(|l| l.starts_with("Umask:"))
+            .and_then(|l| u32::from_str_radix(l.split_whitespace().nth(1)?, 8).ok())
+            .unwrap_or(0o077);
         match (field("Uid:", 4), field("Gid:", 4)) {
-            (Some(uid), Some(gid)) => Ok(Creds { uid, gid, groups }),
+            (Some(uid), Some(gid)) => Ok(Creds {
+                uid,
+                gid,
+                groups,
+                umask,
+            }),
             _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
         }
     }
@@ -276,10 +298,61 @@ fn perform(op: &Op, creds: &Creds) -> Result<Outcome, i32> {
                 )?;
                 Ok(Outcome::Fd(f, flags & libc::O_CLOEXEC != 0))
             }
+            Op::Create { at, flags, mode } => create(at, *flags, *mode, creds.umask),
             Op::Connect { .. } => Err(libc::EINVAL),
         }
     });
     r.unwrap_or_else(|e| Err(e.raw_os_error().unwrap_or(libc::EPERM)))
+}
+
+/// Creates `at` as open(2) with O_CREAT would, for the process (already acting as it). The
+/// entry is made with O_EXCL and given `mode` less the process's umask (the supervisor's own
+/// umask must not decide it). If the entry appeared meanwhile (and the caller did not ask for
+/// O_EXCL), it is opened without following a symbolic link; one that leads elsewhere is refused
+/// with EACCES, as Landlock would have refused it.
+fn create(at: &Target, flags: i32, mode: u32, umask: u32) -> Result<Outcome, i32> {
+    let name = cstr(&at.name)?;
+    let dir = at.dir.fd.as_raw_fd();
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    let base = flags | libc::O_CLOEXEC;
+    // SAFETY: valid fd and C string.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            base | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            (mode & 0o7777) as libc::c_uint,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a fresh fd we own.
+        let f = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: valid fd. The creator owns the file, so fchmod is allowed.
+        unsafe { libc::fchmod(f.as_raw_fd(), mode & 0o7777 & !umask) };
+        return Ok(Outcome::Fd(f, cloexec));
+    }
+    let e = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    if e != libc::EEXIST || flags & libc::O_EXCL != 0 {
+        return Err(e);
+    }
+    // SAFETY: valid fd and C string.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            (base & !libc::O_CREAT) | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return Err(if e == libc::ELOOP { libc::EACCES } else { e });
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(Outcome::Fd(unsafe { OwnedFd::from_raw_fd(fd) }, cloexec))
 }
 
 /// The supervisor of one session's file hold.
@@ -371,17 +444,26 @@ impl Supervisor {
             ),
             libc::SYS_truncate => self.truncate(n.pid, a[0], a[1] as i64),
             libc::SYS_ftruncate => self.ftruncate(n.pid, sys_arg_i32(a[0]), a[1] as i64),
-            libc::SYS_open => self.open(n.pid, libc::AT_FDCWD, a[0], sys_arg_i32(a[1])),
-            libc::SYS_openat => self.open(n.pid, sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2])),
+            libc::SYS_open => {
+                self.open(n.pid, libc::AT_FDCWD, a[0], sys_arg_i32(a[1]), a[2] as u32)
+            }
+            libc::SYS_openat => self.open(
+                n.pid,
+                sys_arg_i32(a[0]),
+                a[1],
+                sys_arg_i32(a[2]),
+                a[3] as u32,
+            ),
             libc::SYS_creat => self.open(
                 n.pid,
                 libc::AT_FDCWD,
                 a[0],
                 libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+                a[1] as u32,
             ),
             libc::SYS_connect => Ok(self.connect(n.pid, sys_arg_i32(a[0]), a[1], a[2])),
             libc::SYS_openat2 => match read_open_how(n.pid, a[2], a[3]) {
-                Some(flags) => self.open(n.pid, sys_arg_i32(a[0]), a[1], flags),
+                Some((flags, mode)) => self.open(n.pid, sys_arg_i32(a[0]), a[1], flags, mode),
                 None => Ok(Action::Continue),
             },
             _ => Ok(Action::Continue),
@@ -665,18 +747,101 @@ impl Supervisor {
         self.truncating(obj, canon, |obj| Op::Truncate { obj, len })
     }
 
-    fn open(&self, pid: u32, dirfd: i32, addr: u64, flags: i32) -> io::Result<Action> {
-        if flags & libc::O_TRUNC == 0 {
+    fn open(&self, pid: u32, dirfd: i32, addr: u64, flags: i32, mode: u32) -> io::Result<Action> {
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let creating = flags & libc::O_CREAT != 0;
+        let write_held = self.prot.writes().is_some() && (writing || creating);
+        if flags & libc::O_PATH != 0 || (flags & libc::O_TRUNC == 0 && !write_held) {
             return Ok(Action::Continue);
         }
         let path = resolve::read_cstr(pid, addr)?;
         let follow = flags & libc::O_NOFOLLOW == 0;
         let (obj, canon) = match resolve::target_object(pid, dirfd, path.as_bytes(), follow) {
             Ok(x) => x,
+            Err(_) if write_held && creating => {
+                return self.creating(pid, dirfd, &path, flags, mode)
+            }
             // Nothing there yet: nothing to truncate.
             Err(_) => return Ok(Action::Continue),
         };
+        if creating && flags & libc::O_EXCL != 0 {
+            // It exists: the call fails with EEXIST on its own.
+            return Ok(Action::Continue);
+        }
+        if write_held && writing {
+            // O_TMPFILE names the directory the unnamed file is made in.
+            let at = if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+                canon.join(".tmpfile")
+            } else {
+                canon.clone()
+            };
+            let mut class = self.prot.classify_write(&at);
+            // Another hard link of a protected file that holds write-protected data.
+            if !matches!(class, WriteClass::Held(_)) && self.prot.has_linked() {
+                let st = fstat(obj.as_raw_fd())?;
+                if let Some(root) = self.prot.linked_root(st.st_dev, st.st_ino) {
+                    if self.prot.root_has_writes(root) {
+                        class = WriteClass::Held(root);
+                    }
+                }
+            }
+            match class {
+                WriteClass::Held(root) => {
+                    return Ok(Action::Hold {
+                        target: canon.display().to_string(),
+                        path: canon,
+                        kind: "write",
+                        root,
+                        op: Op::Open { obj, flags },
+                    })
+                }
+                WriteClass::Perform => {
+                    // Truncation of a protected file is still held as such.
+                    if flags & libc::O_TRUNC == 0
+                        || matches!(
+                            self.prot.classify(&canon),
+                            Class::Free | Class::InAncestorDir
+                        )
+                    {
+                        return Ok(Action::Perform(Op::Open { obj, flags }));
+                    }
+                }
+                WriteClass::Free => {}
+            }
+        }
+        if flags & libc::O_TRUNC == 0 {
+            return Ok(Action::Continue);
+        }
         self.truncating(obj, canon, |obj| Op::Open { obj, flags })
+    }
+
+    /// A write-open with O_CREAT of a path with nothing there yet (`protect_writes` sessions).
+    fn creating(
+        &self,
+        pid: u32,
+        dirfd: i32,
+        path: &OsString,
+        flags: i32,
+        mode: u32,
+    ) -> io::Result<Action> {
+        let at = resolve::target_entry(pid, dirfd, path.as_bytes())?;
+        if fstatat(at.dir.fd.as_raw_fd(), &at.name).is_ok() {
+            // Something is there after all (a dangling symbolic link, or it just appeared):
+            // the kernel decides, and Landlock refuses a write it has no grant for.
+            return Ok(Action::Continue);
+        }
+        let canon = at.path();
+        Ok(match self.prot.classify_write(&canon) {
+            WriteClass::Free => Action::Continue,
+            WriteClass::Perform => Action::Perform(Op::Create { at, flags, mode }),
+            WriteClass::Held(root) => Action::Hold {
+                target: canon.display().to_string(),
+                path: canon,
+                kind: "write",
+                root,
+                op: Op::Create { at, flags, mode },
+            },
+        })
     }
 
     fn hold(
@@ -703,6 +868,8 @@ impl Supervisor {
             target,
             rule: if root == CONNECT_ROOT {
                 "network.hold_connect".to_string()
+            } else if kind == "write" {
+                self.prot.describe_write(&path)
             } else {
                 self.prot.describe_root(root)
             },
@@ -860,13 +1027,17 @@ fn steal_fd(pid: u32, fd: i32) -> Option<OwnedFd> {
     }
 }
 
-fn read_open_how(pid: u32, addr: u64, size: u64) -> Option<i32> {
-    if size < 8 {
+/// The flags and mode of an openat2(2) `struct open_how`.
+fn read_open_how(pid: u32, addr: u64, size: u64) -> Option<(i32, u32)> {
+    if size < 16 {
         return None;
     }
-    let mut flags = [0u8; 8];
-    (resolve::read_remote(pid, addr, &mut flags).ok()? == 8)
-        .then(|| u64::from_ne_bytes(flags) as i32)
+    let mut how = [0u8; 16];
+    (resolve::read_remote(pid, addr, &mut how).ok()? == 16).then(|| {
+        let flags = u64::from_ne_bytes(how[..8].try_into().unwrap_or([0; 8])) as i32;
+        let mode = u64::from_ne_bytes(how[8..].try_into().unwrap_or([0; 8])) as u32;
+        (flags, mode)
+    })
 }
 
 fn status_field(tid: u32, key: &str) -> Option<u32> {
