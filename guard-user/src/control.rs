@@ -75,7 +75,34 @@ pub enum Request {
         scope: Option<Scope>,
         /// For how long a standing decision lasts (ms).
         for_ms: Option<u64>,
+        /// Which of the human's channels the decision came from (for the audit log).
+        #[serde(default)]
+        via: Via,
     },
+}
+
+/// The channel a decision came through, named in the audit log's `by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// `sandbox approve` / `sandbox deny`.
+    #[default]
+    Cli,
+    /// `sandbox watch` (line mode or the full-screen view).
+    Watch,
+    /// The web page of `sandbox serve`.
+    Web,
+}
+
+impl Via {
+    /// How the audit log's `by` names the channel.
+    fn name(self) -> &'static str {
+        match self {
+            Via::Cli => "control socket",
+            Via::Watch => "sandbox watch",
+            Via::Web => "web page",
+        }
+    }
 }
 
 /// What `sessions` shows about one session.
@@ -220,6 +247,7 @@ fn handle(
                 .pending()
                 .iter()
                 .filter_map(|h| serde_json::to_value(h).ok())
+                .map(with_context)
                 .collect();
             Answer {
                 pending: Some(v),
@@ -235,10 +263,11 @@ fn handle(
             verdict,
             scope,
             for_ms,
+            via,
         } => {
             let scope = scope.unwrap_or(default_scope);
             let by =
-                format!("root via control socket (pid {peer}, scope {scope:?})").to_lowercase();
+                format!("root via {} (pid {peer}, scope {scope:?})", via.name()).to_lowercase();
             match sup.decide(&id, verdict, scope, for_ms.map(Duration::from_millis), &by) {
                 Ok(ids) => Answer {
                     decided: Some(ids),
@@ -251,6 +280,70 @@ fn handle(
             }
         }
     }
+}
+
+/// Adds what a human needs besides the hold itself to a pending hold's JSON: the process's
+/// working directory (`cwd`, when it can be read) and the session's risk statement (`risk`:
+/// `must_survive`, `rollback`). Every channel (pending, watch, serve) shows this one object.
+fn with_context(mut v: serde_json::Value) -> serde_json::Value {
+    let pid = v.get("pid").and_then(|p| p.as_u64()).unwrap_or(0);
+    let session = v
+        .get("session")
+        .and_then(|s| s.as_str())
+        .unwrap_or("")
+        .to_string();
+    if let Some(m) = v.as_object_mut() {
+        if pid > 0 {
+            if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+                m.insert("cwd".into(), cwd.to_string_lossy().into_owned().into());
+            }
+        }
+        if let Some(r) = risk(&session) {
+            m.insert("risk".into(), r);
+        }
+    }
+    v
+}
+
+/// The risk statement of a session, from its policy file: `{must_survive: [..], rollback}`.
+fn risk(session: &str) -> Option<serde_json::Value> {
+    if session.is_empty() || session.contains('/') {
+        return None;
+    }
+    let p = Path::new("/run/sandbox-policy").join(format!("{session}.toml"));
+    let text = std::fs::read_to_string(p).ok()?;
+    let v = text.parse::<toml::Table>().ok()?;
+    let r = v.get("risk")?.as_table()?;
+    let must: Vec<&str> = r
+        .get("must_survive")
+        .and_then(|m| m.as_array())
+        .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+        .unwrap_or_default();
+    let rollback = r.get("rollback").and_then(|m| m.as_str());
+    if must.is_empty() && rollback.is_none() {
+        return None;
+    }
+    Some(serde_json::json!({"must_survive": must, "rollback": rollback}))
+}
+
+/// The risk statement of a hold's JSON as lines ("must survive: ...", "rollback: ...").
+pub fn risk_lines(hold: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(r) = hold.get("risk") else {
+        return out;
+    };
+    let must: Vec<&str> = r
+        .get("must_survive")
+        .and_then(|m| m.as_array())
+        .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+        .unwrap_or_default();
+    if !must.is_empty() {
+        out.push(format!("must survive: {}", must.join(", ")));
+    }
+    if let Some(rb) = r.get("rollback").and_then(|m| m.as_str()) {
+        out.push(format!("rollback: {rb}"));
+    }
+    out
 }
 
 fn call(sock: &Path, req: &Request) -> Result<Answer, ControlError> {
@@ -371,7 +464,7 @@ pub fn cmd_decide(
     scope: Option<Scope>,
     for_: Option<Duration>,
 ) -> Result<u8, ControlError> {
-    let n = decide(id, verdict, scope, for_)?;
+    let n = decide(id, verdict, scope, for_, Via::Cli)?;
     println!("{}", decided_line(id, verdict, n));
     Ok(0)
 }
@@ -390,18 +483,20 @@ pub fn decided_line(id: &str, verdict: Verdict, n: usize) -> String {
     }
 }
 
-/// Decides hold `id` in whichever session has it; returns how many holds the decision covered.
+/// Decides hold `id` in whichever session has it, for channel `via`; returns how many holds the decision covered.
 pub fn decide(
     id: &str,
     verdict: Verdict,
     scope: Option<Scope>,
     for_: Option<Duration>,
+    via: Via,
 ) -> Result<usize, ControlError> {
     let req = Request::Decide {
         id: id.to_string(),
         verdict,
         scope,
         for_ms: for_.map(|d| d.as_millis() as u64),
+        via,
     };
     for (_, sock) in sockets(None)? {
         match call(&sock, &req) {

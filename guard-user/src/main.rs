@@ -14,6 +14,7 @@ mod notify;
 mod profile;
 mod proxy;
 mod report;
+mod serve;
 mod stop;
 mod watch;
 
@@ -72,9 +73,12 @@ enum Cmd {
         #[arg(long = "for", value_name = "DUR", value_parser = hold::parse_duration)]
         for_: Option<std::time::Duration>,
     },
-    /// Watch for holds of every live session as they arrive and decide them (line mode: type
+    /// Watch for holds of every live session as they arrive and decide them: a full-screen view
+    /// on a terminal (a/d/s/f/q keys), line mode with `--no-tui` or without a terminal (type
     /// `a [ID] [scope] [DUR]`, `d [ID]`, `q`).
     Watch(watch::WatchArgs),
+    /// Serve the web approval page (access needs the token printed at start).
+    Serve(serve::ServeArgs),
     /// List live sessions.
     Sessions {
         /// A JSON array.
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         }
         Cmd::Sessions { json } => control::cmd_sessions(json).map_err(|e| (1, e.into())),
         Cmd::Watch(a) => watch::cmd_watch(&a).map_err(|e| (1, e.into())),
+        Cmd::Serve(a) => serve::cmd_serve(&a).map_err(|e| (1, e.into())),
         Cmd::Doctor { json } => Ok(doctor::cmd_doctor(json)),
         Cmd::Log(a) => audit::cmd_log(&a).map_err(|e| (1, anyhow::Error::from(e))),
         Cmd::Profile(c) => Ok(profile::cmd_profile(&c)),

@@ -8,6 +8,9 @@
 //! Each body is signed with HMAC-SHA256 under the key in `webhook_secret_file`:
 //! `X-Sandbox-Signature: sha256=<hex>` over the exact body bytes; `X-Sandbox-Event` is `hold`
 //! or `decision`, `X-Sandbox-Delivery` a unique id.
+//!
+//! Desktop notifications ([`desktop`]) are the watcher's side: `sandbox watch` runs
+//! `notify-send` for each new hold when a graphical session is present.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,9 +218,135 @@ where
     Ok(status)
 }
 
+/// Shows a desktop notification for a new hold (its JSON, as the control socket reports it) when
+/// a graphical session is present (`DISPLAY` or `WAYLAND_DISPLAY` set, `notify-send` on `PATH`).
+/// Never waits: `notify-send` runs in the background and is reaped by a thread; failures are
+/// ignored. Returns whether it was started. `env` looks up environment variables (the real
+/// environment in `sandbox watch`, a fake one in tests).
+pub fn desktop(hold: &Value, env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    let graphical = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|k| env(k).is_some_and(|v| !v.is_empty()));
+    if !graphical {
+        return false;
+    }
+    let Some(exe) = env("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("notify-send"))
+            .find(|p| is_executable(p))
+    }) else {
+        return false;
+    };
+    let s = |k: &str| hold.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    // Servers render a subset of HTML in the body: the agent's strings are escaped.
+    let body = markup_escape(&format!(
+        "{} (pid {}) {} {}\nsession {}: sudo sandbox approve {} | deny {}",
+        s("comm"),
+        hold.get("pid").and_then(|v| v.as_u64()).unwrap_or(0),
+        s("kind"),
+        s("target"),
+        s("session"),
+        s("id"),
+        s("id"),
+    ));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--app-name=sandbox", "--urgency=critical", "--"])
+        .arg(format!("sandbox: HELD {}", s("id")))
+        .arg(body)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for k in [
+        "DISPLAY",
+        "WAYLAND_DISPLAY",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "XDG_RUNTIME_DIR",
+    ] {
+        match env(k) {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    match cmd.spawn() {
+        Ok(mut child) => {
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "notify-send failed");
+            false
+        }
+    }
+}
+
+fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn markup_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn desktop_notification_runs_notify_send_only_in_a_graphical_session() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("args");
+        let fake = dir.path().join("notify-send");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$DISPLAY\" \"$@\" > {}.tmp && mv {}.tmp {}\n",
+                out.display(),
+                out.display(),
+                out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let hold = serde_json::json!({"id": "0a1b2c3d", "session": "s1", "pid": 42,
+            "comm": "rm", "kind": "unlink", "target": "/srv/prod/<b>db</b>"});
+        let path = dir.path().as_os_str().to_owned();
+        let no_display = |k: &str| (k == "PATH").then(|| path.clone());
+        assert!(!desktop(&hold, &no_display));
+        let empty_path = |k: &str| (k == "DISPLAY").then(|| ":0".into());
+        assert!(!desktop(&hold, &empty_path));
+        let env = |k: &str| match k {
+            "PATH" => Some(path.clone()),
+            "DISPLAY" => Some(":7".into()),
+            _ => None,
+        };
+        let t0 = std::time::Instant::now();
+        assert!(desktop(&hold, &env));
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "it waited for notify-send"
+        );
+        let mut got = String::new();
+        for _ in 0..500 {
+            if let Ok(s) = std::fs::read_to_string(&out) {
+                got = s;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.first(), Some(&":7"), "{got}");
+        assert!(lines.contains(&"sandbox: HELD 0a1b2c3d"), "{got}");
+        assert!(
+            got.contains("rm (pid 42) unlink /srv/prod/&lt;b&gt;db&lt;/b&gt;"),
+            "{got}"
+        );
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_hex() {

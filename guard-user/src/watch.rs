@@ -1,8 +1,12 @@
-//! `sandbox watch`: the human's live view in a second terminal (line mode).
+//! `sandbox watch`: the human's live view in a second terminal.
 //!
-//! New holds of every live session are printed as they arrive (polled every 200 ms), with the
-//! process, its command line, the target, the rule and the session's risk statement, and the
-//! terminal bell rings. Decisions are typed as lines:
+//! On a terminal it is a full-screen view ([`tui`]); with `--no-tui`, or when stdin or stdout is
+//! not a terminal, it is line mode. Both poll every live session every 200 ms and show what the
+//! control socket reports for each pending hold (the same JSON as `sandbox pending --json`), ring
+//! the terminal bell and, in a graphical session, send a desktop notification for each new hold.
+//!
+//! In line mode new holds are printed as they arrive, with the process, its command line, the
+//! target, the rule and the session's risk statement. Decisions are typed as lines:
 //!
 //! - `a [ID] [once|process|path|session] [DUR]`: approve (without ID: the oldest waiting hold);
 //! - `d [ID] [once|process|path|session] [DUR]`: deny;
@@ -18,13 +22,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::control::{self, ControlError};
+use crate::control::{self, ControlError, Via};
 use crate::hold::{Scope, Verdict};
+
+mod tui;
+
+/// How often the live sessions are asked for their pending holds.
+const POLL: Duration = Duration::from_millis(200);
 
 /// Options of `sandbox watch`.
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
-    /// Line mode (the only mode this version has; a full-screen view is not built yet).
+    /// Line mode: holds printed as lines, decisions read as lines from stdin (for scripts).
+    /// Also used when stdin or stdout is not a terminal.
     #[arg(long)]
     pub no_tui: bool,
     /// Only this session.
@@ -76,49 +86,71 @@ fn parse(line: &str) -> Result<Option<Command>, String> {
     Ok(Some(c))
 }
 
-/// The risk statement of a session, from its policy file (empty when it has none).
-fn risk(session: &str) -> Vec<String> {
-    let p = std::path::Path::new("/run/sandbox-policy").join(format!("{session}.toml"));
-    let Ok(text) = std::fs::read_to_string(p) else {
-        return Vec::new();
-    };
-    let Ok(v) = text.parse::<toml::Table>() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if let Some(r) = v.get("risk").and_then(|r| r.as_table()) {
-        if let Some(ms) = r.get("must_survive").and_then(|m| m.as_array()) {
-            let ms: Vec<&str> = ms.iter().filter_map(|m| m.as_str()).collect();
-            if !ms.is_empty() {
-                out.push(format!("must survive: {}", ms.join(", ")));
+/// A string from a hold, safe to print on a terminal: the agent chose it, so control characters
+/// (escape sequences, carriage returns) are shown as `?`.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Field `k` of a hold's JSON as a printable string ("" when absent).
+pub fn field(h: &Value, k: &str) -> String {
+    match h.get(k) {
+        Some(Value::String(s)) => clean(s),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The rule of a hold with what it recognised, e.g. "EC2 TerminateInstances: i-0 [aws-ec2]".
+pub fn rule_text(h: &Value) -> String {
+    match h.get("detail").and_then(|v| v.as_str()) {
+        Some(d) => format!("{} [{}]", clean(d), field(h, "rule")),
+        None => field(h, "rule"),
+    }
+}
+
+/// Tells which holds are new since the last poll.
+#[derive(Default)]
+pub struct Seen(BTreeSet<String>);
+
+impl Seen {
+    /// The holds of `pending` not seen before; each is announced with a desktop notification
+    /// (when a graphical session is present). The caller rings the bell.
+    pub fn new_holds<'a>(&mut self, pending: &'a [Value]) -> Vec<&'a Value> {
+        let mut out = Vec::new();
+        for h in pending {
+            let Some(id) = h.get("id").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            if self.0.insert(id.to_string()) {
+                crate::notify::desktop(h, &|k| std::env::var_os(k));
+                out.push(h);
             }
         }
-        if let Some(rb) = r.get("rollback").and_then(|m| m.as_str()) {
-            out.push(format!("rollback: {rb}"));
-        }
+        out
     }
-    out
 }
 
 fn show(h: &Value) -> String {
-    let s = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let s = |k: &str| field(h, k);
     let mut out = format!(
         "\x07HELD {id}  session {session}  pid {pid} ({comm})\n  {kind} {target}\n  rule: {rule}\n  command: {cmd}\n",
         id = s("id"),
         session = s("session"),
-        pid = h.get("pid").and_then(|v| v.as_u64()).unwrap_or(0),
+        pid = s("pid"),
         comm = s("comm"),
         kind = s("kind"),
         target = s("target"),
-        rule = h
-            .get("detail")
-            .and_then(|v| v.as_str())
-            .map(|d| format!("{d} [{}]", s("rule")))
-            .unwrap_or_else(|| s("rule")),
+        rule = rule_text(h),
         cmd = s("cmdline"),
     );
-    for line in risk(&s("session")) {
-        out.push_str(&format!("  {line}\n"));
+    if h.get("cwd").is_some() {
+        out.push_str(&format!("  cwd: {}\n", s("cwd")));
+    }
+    for line in control::risk_lines(h) {
+        out.push_str(&format!("  {}\n", clean(&line)));
     }
     out.push_str(&format!(
         "  decide: a {id} [once|process|path|session] [DUR]   |   d {id}\n",
@@ -129,6 +161,21 @@ fn show(h: &Value) -> String {
 
 /// Runs `sandbox watch`. Returns the exit status.
 pub fn cmd_watch(args: &WatchArgs) -> Result<u8, ControlError> {
+    use std::io::IsTerminal;
+    if !args.no_tui {
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            return tui::run(args.session.as_deref());
+        }
+        eprintln!(
+            "sandbox watch: stdin or stdout is not a terminal: line mode (--no-tui); \
+             type a [ID] [scope] [DUR], d [ID] or q"
+        );
+    }
+    line_mode(args)
+}
+
+/// `sandbox watch --no-tui`.
+fn line_mode(args: &WatchArgs) -> Result<u8, ControlError> {
     let (tx, rx) = mpsc::channel::<Option<String>>();
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
@@ -151,7 +198,7 @@ pub fn cmd_watch(args: &WatchArgs) -> Result<u8, ControlError> {
         args.session.as_deref().unwrap_or("every session")
     );
     let _ = out.flush();
-    let mut shown: BTreeSet<String> = BTreeSet::new();
+    let mut seen = Seen::default();
     let mut waiting: Vec<String> = Vec::new();
     let mut confirm: Option<Command> = None;
     loop {
@@ -161,17 +208,12 @@ pub fn cmd_watch(args: &WatchArgs) -> Result<u8, ControlError> {
             .filter_map(|h| h.get("id").and_then(|v| v.as_str()).map(str::to_string))
             .collect();
         waiting.retain(|id| live.contains(id));
-        for h in &pending {
-            let Some(id) = h.get("id").and_then(|v| v.as_str()) else {
-                continue;
-            };
-            if shown.insert(id.to_string()) {
-                waiting.push(id.to_string());
-                let _ = write!(out, "{}", show(h));
-            }
+        for h in seen.new_holds(&pending) {
+            waiting.push(field(h, "id"));
+            let _ = write!(out, "{}", show(h));
         }
         let _ = out.flush();
-        match rx.recv_timeout(Duration::from_millis(200)) {
+        match rx.recv_timeout(POLL) {
             Ok(None) => return Ok(0),
             Ok(Some(line)) => {
                 if let Some(c) = confirm.take() {
@@ -215,7 +257,7 @@ fn decide(out: &mut impl Write, c: Command, waiting: &[String]) {
         let _ = writeln!(out, "nothing is waiting");
         return;
     };
-    match control::decide(&id, c.verdict, c.scope, c.for_) {
+    match control::decide(&id, c.verdict, c.scope, c.for_, Via::Watch) {
         Ok(n) => {
             let _ = writeln!(out, "{}", control::decided_line(&id, c.verdict, n));
         }
