@@ -146,6 +146,7 @@ where
             async move { Ok::<_, std::convert::Infallible>(handle(&st, req).await) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))
             .serve_connection(io, svc)
             .await;
@@ -235,7 +236,7 @@ fn respond(
     let csp = match nonce {
         Some(n) => format!(
             "default-src 'self'; script-src 'nonce-{n}'; style-src 'nonce-{n}'; \
-             connect-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; \
+             connect-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
              form-action 'none'; frame-ancestors 'none'"
         ),
         None => "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"

@@ -413,3 +413,34 @@ pub fn prog(name: &str) -> PathBuf {
     }
     out
 }
+
+/// True when every program in `tools` is on PATH (and, for Python modules given as
+/// `python3:MODULE`, importable); false (after printing why) when the test should skip.
+/// Panics under CI: a test must never silently skip there.
+pub fn have_tools(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| match t.strip_prefix("python3:") {
+            Some(module) => !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            None => !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs {missing:?} (scripts/setup.sh installs them), and CI is set: refusing to skip");
+    }
+    eprintln!("SKIP: this test needs {missing:?} (run scripts/setup.sh)");
+    false
+}
