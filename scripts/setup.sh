@@ -11,7 +11,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libseccomp-dev liburing-dev clang-19 gcc make pkg-config python3 procps coreutils util-linux git nodejs busybox-static binutils openssl curl ca-certificates postgresql sqlite3)
+pkgs=(libseccomp-dev liburing-dev clang-19 gcc make pkg-config python3 procps coreutils util-linux git nodejs busybox-static binutils openssl curl ca-certificates postgresql sqlite3
+  tmux chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -68,6 +69,13 @@ if ! command -v aws >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1 
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
       awscli boto3 'moto[server]'
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+# The web approval page's tests drive Debian's chromium through Selenium with an explicit
+# chromedriver path (Selenium Manager would try to download a driver).
+if ! python3 -c 'import selenium' >/dev/null 2>&1; then
+  log "pip install selenium"
+  python3 -m pip install --quiet --disable-pip-version-check selenium \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages selenium
 fi
 # ... and the real Claude Code CLI against a local fake of the Messages API.
 if ! command -v claude >/dev/null 2>&1; then
