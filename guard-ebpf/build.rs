@@ -39,6 +39,9 @@ fn main() {
         match cmd.status() {
             Ok(status) if status.success() => {
                 println!("cargo:rustc-link-arg-bins={}", bitcode.display());
+                // Kept global (BTF linkage global): the verifier checks a global function once
+                // on its own rather than at every call (see guard_name_hashes).
+                println!("cargo:rustc-link-arg-bins=--export=guard_name_hashes");
                 return;
             }
             Ok(status) => fail(&format!(

@@ -429,3 +429,181 @@ fn lsm_connect_to_a_held_endpoint_is_held_denied_then_approved() {
         "only the approved connect arrived"
     );
 }
+
+/// Runs `script` in session `session` with `opts`, deciding every hold with `verb` as it comes.
+fn decide_each(
+    w: &World,
+    session: &str,
+    opts: &[&str],
+    verb: &str,
+    script: &str,
+) -> (Vec<serde_json::Value>, std::process::Output) {
+    let mut r = w.run(session, &[], opts, script);
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    while r.child.try_wait().unwrap().is_none() {
+        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
+            w.decide(verb, h["id"].as_str().unwrap(), &["--scope", "once"]);
+            seen.push(h);
+        }
+        assert!(t0.elapsed() < T, "session {session} did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (seen, r.finish(T))
+}
+
+#[test]
+fn lsm_name_patterns_hold_matching_names_anywhere_and_below_them() {
+    if !lsm_available() {
+        return;
+    }
+    let w = World::new();
+    let tf = w.file("deep/er/x.tfstate", "state");
+    let bak = w.file("deep/x.tfstate.backup", "old state");
+    let txt = w.file("deep/er/x.txt", "text");
+    let head = w.file("repo/.git/HEAD", "ref: main");
+    let src = w.file("repo/src.c", "int x;");
+    let p = w.file(
+        "pat.toml",
+        "[files]\nprotect = [\"**/*.tfstate\", \"*.tfstate.backup\", \"**/.git\"]\n",
+    );
+    let p = p.display().to_string();
+    let script = format!(
+        "rm {txt}; rm {tf}; rm {bak}; rm -rf {repo}; echo end",
+        txt = txt.display(),
+        tf = tf.display(),
+        bak = bak.display(),
+        repo = w.work.join("repo").display()
+    );
+    let (holds, out) = decide_each(
+        &w,
+        "lsm-pat",
+        &["--backend", "lsm", "--profile", &p],
+        "deny",
+        &script,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("end"),
+        "{}",
+        text(&out)
+    );
+    let targets: Vec<&str> = holds
+        .iter()
+        .map(|h| h["target"].as_str().unwrap())
+        .collect();
+    assert!(
+        targets.contains(&tf.display().to_string().as_str()),
+        "{holds:?}"
+    );
+    assert!(
+        targets.contains(&bak.display().to_string().as_str()),
+        "{holds:?}"
+    );
+    assert!(
+        targets.iter().any(|t| t.contains("/.git")),
+        "rm -rf of a tree with .git is held: {holds:?}"
+    );
+    for h in &holds {
+        assert!(h["rule"].as_str().unwrap().contains("pattern"), "{h}");
+    }
+    assert!(!txt.exists(), "an unmatched name is not held");
+    assert!(!src.exists(), "rm -rf went on around .git");
+    assert!(tf.exists() && bak.exists() && head.exists());
+
+    // git itself (an executable in a root-owned `git-core` directory; busybox's rm under that
+    // name) is not held inside .git; anything else still is.
+    let core = w.tmp.path().join("git-core");
+    std::fs::create_dir(&core).unwrap();
+    std::fs::copy("/bin/busybox", core.join("rm")).unwrap();
+    let packed = w.file("repo/.git/packed-refs", "x");
+    let script = format!(
+        "{git_rm} {head}; rm {packed}; echo end",
+        git_rm = core.join("rm").display(),
+        head = head.display(),
+        packed = packed.display()
+    );
+    let (holds, out) = decide_each(
+        &w,
+        "lsm-pat-git",
+        &["--backend", "lsm", "--profile", &p],
+        "deny",
+        &script,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("end"),
+        "{}",
+        text(&out)
+    );
+    assert!(!head.exists(), "git's own removal in .git is not held");
+    assert!(packed.exists());
+    assert_eq!(holds.len(), 1, "{holds:?}");
+}
+
+#[test]
+fn lsm_protect_writes_holds_write_opens_and_creations() {
+    if !lsm_available() {
+        return;
+    }
+    let w = World::new();
+    let log = w.file("wd/vault/log", "orig\n");
+    let vault = w.work.join("wd/vault");
+    let free = w.work.join("wd/free.txt");
+    let p = w.file(
+        "w.toml",
+        &format!("[files]\nprotect_writes = [\"{}\"]\n", vault.display()),
+    );
+    let p = p.display().to_string();
+    let opts = ["--backend", "lsm", "--profile", p.as_str()];
+    let script = format!(
+        "cat {log}; echo a > {free}; echo b >> {log}; echo c > {v}/new; echo end",
+        log = log.display(),
+        free = free.display(),
+        v = vault.display()
+    );
+    let (holds, out) = decide_each(&w, "lsm-wdeny", &opts, "deny", &script);
+    let o = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        o.lines().collect::<Vec<_>>(),
+        ["orig", "end"],
+        "{}",
+        text(&out)
+    );
+    let targets: Vec<String> = holds
+        .iter()
+        .map(|h| h["target"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            log.display().to_string(),
+            vault.join("new").display().to_string()
+        ],
+        "{holds:?}"
+    );
+    for h in &holds {
+        assert_eq!(h["kind"], "write", "{h}");
+        assert!(
+            h["rule"].as_str().unwrap().starts_with("protect_writes"),
+            "{h}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "orig\n");
+    assert!(!vault.join("new").exists());
+    assert_eq!(std::fs::read_to_string(&free).unwrap(), "a\n");
+
+    // Approved: the append happens, and a creation is one hold (not a second for its open).
+    let script = format!(
+        "echo b >> {log}; echo c > {v}/new; echo end",
+        log = log.display(),
+        v = vault.display()
+    );
+    let (holds, out) = decide_each(&w, "lsm-wallow", &opts, "approve", &script);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("end"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(holds.len(), 2, "{holds:?}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "orig\nb\n");
+    assert_eq!(std::fs::read_to_string(vault.join("new")).unwrap(), "c\n");
+}

@@ -21,6 +21,62 @@ pub const OP_CONNECT: u32 = 5;
 
 /// `SESSION_CGROUPS` flag: the session's connects to held endpoints go through `socket_connect`.
 pub const SESSION_CONNECT_HOLD: u32 = 2;
+/// `SESSION_CGROUPS` flag: the session's write-opens and creations go through `file_open` and
+/// `path_mknod` (`files.protect_writes`).
+pub const SESSION_WRITE_HOLD: u32 = 4;
+
+/// A file opened for writing below a write-protected path.
+pub const OP_WRITE: u32 = 6;
+/// A new entry (open with O_CREAT, mknod) below a write-protected path. The record's inode is
+/// the directory's; its names start with the new entry's.
+pub const OP_CREATE: u32 = 7;
+
+/// `NAME_PATTERNS` value bits: the whole name equals a `protect` pattern's name.
+pub const PAT_EXACT: u32 = 1;
+/// The name ends with a `protect` pattern's suffix (which starts with '.').
+pub const PAT_SUFFIX: u32 = 2;
+/// As [`PAT_EXACT`], for a `protect_writes` pattern.
+pub const PAT_WRITE_EXACT: u32 = 4;
+/// As [`PAT_SUFFIX`], for a `protect_writes` pattern.
+pub const PAT_WRITE_SUFFIX: u32 = 8;
+/// With [`PAT_EXACT`]: the pattern is `.git` (git itself is not held by it).
+pub const PAT_GIT: u32 = 16;
+/// [`HoldRecord::flags`]: matched through a `.git` name pattern.
+pub const HOLD_GIT: u32 = 16;
+/// Suffixes looked up per name: the ones starting at each of its last `MAX_SUFFIXES` dots.
+pub const MAX_SUFFIXES: usize = 4;
+/// Bytes of a name that are hashed (its last ones): longer patterns cannot be matched.
+pub const PATTERN_LEN: usize = 63;
+
+/// `CONFIG` index: `CFG_*` flags.
+pub const CONFIG_FLAGS: u32 = 0;
+/// `CONFIG` index: the root index that name-pattern matches report.
+pub const CONFIG_PATTERN_ROOT: u32 = 1;
+/// `CONFIG` flag: `NAME_PATTERNS` has `protect` patterns.
+pub const CFG_PATTERNS: u32 = 1;
+/// `CONFIG` flag: `NAME_PATTERNS` has `protect_writes` patterns.
+pub const CFG_WRITE_PATTERNS: u32 = 2;
+
+/// [`HoldRecord::flags`]: matched below write-protected root number `flags >> 8 & 0xff` (its
+/// `depth` counts from there).
+pub const HOLD_WRITE_ROOT: u32 = 8;
+
+/// FNV-1a offset basis of [`name_hash`].
+pub const NAME_HASH_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a prime of [`name_hash`].
+pub const NAME_HASH_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The hash the LSM programs compute of a name or of a name's suffix: FNV-1a over the bytes
+/// from the last to the first (so every suffix's hash is a step of one backward scan).
+pub fn name_hash(bytes: &[u8]) -> u64 {
+    let mut h = NAME_HASH_BASIS;
+    let mut i = bytes.len();
+    while i > 0 {
+        i -= 1;
+        h = (h ^ bytes[i] as u64).wrapping_mul(NAME_HASH_PRIME);
+    }
+    h
+}
 
 /// The protected-root index of connect holds (standing decisions of a process cover its other
 /// held connects).

@@ -18,9 +18,12 @@ struct task_struct {
 	struct mm_struct *mm;
 } __attribute__((preserve_access_index));
 
+struct file;
+
 struct mm_struct {
 	unsigned long arg_start;
 	unsigned long arg_end;
+	struct file *exe_file;
 } __attribute__((preserve_access_index));
 
 struct linux_binprm {
@@ -84,6 +87,8 @@ const char *guard_bprm_filename(const struct linux_binprm *bprm)
 // --- The file hold (LSM programs) ----------------------------------------------------------
 
 struct qstr {
+	// In the kernel `len` sits in an anonymous union; CO-RE finds it by name.
+	__u32 len;
 	const unsigned char *name;
 } __attribute__((preserve_access_index));
 
@@ -91,8 +96,14 @@ struct super_block {
 	unsigned int s_dev;
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	unsigned int val;
+} kuid_t;
+
 struct inode {
 	unsigned long i_ino;
+	unsigned short i_mode;
+	kuid_t i_uid;
 } __attribute__((preserve_access_index));
 
 struct dentry {
@@ -108,6 +119,7 @@ struct path {
 
 struct file {
 	struct path f_path;
+	unsigned int f_mode;
 } __attribute__((preserve_access_index));
 
 struct task_struct___flags {
@@ -187,4 +199,125 @@ __u32 guard_task_flags(const void *task)
 	if (CORE_READ_INTO(&flags, t, flags) != 0)
 		return 0;
 	return flags;
+}
+
+// `file->f_mode`, or 0.
+__u32 guard_file_mode(const struct file *f)
+{
+	unsigned int mode = 0;
+
+	if (CORE_READ_INTO(&mode, f, f_mode) != 0)
+		return 0;
+	return mode;
+}
+
+// Must match guard_common::files (NAME_HASH_*, MAX_SUFFIXES, PATTERN_LEN).
+#define GUARD_HASH_BASIS 0xcbf29ce484222325ULL
+#define GUARD_HASH_PRIME 0x00000100000001b3ULL
+#define GUARD_PATTERN_LEN 63
+
+struct guard_name_hashes {
+	__u64 h[5];
+};
+
+// Hashes of the name of dentry `dentry` for name patterns (guard_common::files::name_hash:
+// FNV-1a from the last byte to the first). h[0]: the whole name, or 0 when it is longer than
+// GUARD_PATTERN_LEN bytes (only its last GUARD_PATTERN_LEN bytes are read). h[1 + k]: the suffix
+// starting at the (k + 1)-th dot from the end, for k < 4. Returns how many suffixes were
+// stored, or -1.
+//
+// A global, never inlined function: the verifier checks it once, on its own, instead of once per
+// level of every d_parent walk that calls it (which took more than its 1M instruction budget).
+// So its arguments are a scalar and a pointer to memory of known size.
+__attribute__((noinline)) int guard_name_hashes(__u64 dentry, struct guard_name_hashes *res)
+{
+	const struct dentry *d = (const struct dentry *)dentry;
+	__u64 *out;
+	const unsigned char *name = 0;
+	unsigned char buf[GUARD_PATTERN_LEN + 1];
+	__u32 len = 0, off = 0;
+	__u64 h = GUARD_HASH_BASIS;
+	long n;
+	int k = 0;
+
+	if (res == 0 || d == 0)
+		return -1;
+	out = res->h;
+	if (bpf_probe_read_kernel(&name, sizeof(name), __builtin_preserve_access_index(&d->d_name.name)) != 0 || name == 0)
+		return -1;
+	if (bpf_probe_read_kernel(&len, sizeof(len), __builtin_preserve_access_index(&d->d_name.len)) != 0)
+		return -1;
+	if (len > GUARD_PATTERN_LEN)
+		off = len - GUARD_PATTERN_LEN;
+	n = bpf_probe_read_kernel_str(buf, sizeof(buf), name + off);
+	if (n <= 1)
+		return -1;
+	n -= 1;
+#pragma unroll
+	for (int i = GUARD_PATTERN_LEN - 1; i >= 0; i--) {
+		unsigned char c;
+
+		if (i >= n)
+			continue;
+		c = buf[i];
+		h = (h ^ c) * GUARD_HASH_PRIME;
+		if (c == '.') {
+			if (k == 0)
+				out[1] = h;
+			else if (k == 1)
+				out[2] = h;
+			else if (k == 2)
+				out[3] = h;
+			else if (k == 3)
+				out[4] = h;
+			k++;
+		}
+	}
+	out[0] = off == 0 ? h : 0;
+	return k > 4 ? 4 : k;
+}
+
+// Helper id 35.
+static __u64 (*const bpf_get_current_task)(void) = (void *)35;
+
+// Whether `d`'s inode is owned by root and writable by neither group nor others.
+static int root_only(const struct dentry *d)
+{
+	struct inode *inode = 0;
+	unsigned short mode = 0;
+	unsigned int uid = 1;
+
+	if (CORE_READ_INTO(&inode, d, d_inode) != 0 || inode == 0)
+		return 0;
+	if (CORE_READ_INTO(&mode, inode, i_mode) != 0 || CORE_READ_INTO(&uid, inode, i_uid.val) != 0)
+		return 0;
+	return uid == 0 && (mode & 0022) == 0;
+}
+
+// 1 when the current task's executable is git (as the seccomp backend's is_git decides): named
+// `git` or in a `git-core` directory, and it and that directory owned by root and writable by
+// nobody else. The executable is the kernel's own record (mm->exe_file), not the task's name.
+int guard_exe_is_git(void)
+{
+	const struct task_struct *t = (const struct task_struct *)bpf_get_current_task();
+	struct mm_struct *mm = 0;
+	struct file *exe = 0;
+	struct dentry *d = 0, *p = 0;
+	char name[8] = {}, dir[16] = {};
+	int named;
+
+	if (t == 0 || CORE_READ_INTO(&mm, t, mm) != 0 || mm == 0)
+		return 0;
+	if (CORE_READ_INTO(&exe, mm, exe_file) != 0 || exe == 0)
+		return 0;
+	if (bpf_probe_read_kernel(&d, sizeof(d), __builtin_preserve_access_index(&exe->f_path.dentry)) != 0 || d == 0)
+		return 0;
+	if (CORE_READ_INTO(&p, d, d_parent) != 0 || p == 0)
+		return 0;
+	if (guard_dentry_name(d, name, sizeof(name)) < 0 || guard_dentry_name(p, dir, sizeof(dir)) < 0)
+		return 0;
+	named = (name[0] == 'g' && name[1] == 'i' && name[2] == 't' && name[3] == 0) ||
+		(dir[0] == 'g' && dir[1] == 'i' && dir[2] == 't' && dir[3] == '-' && dir[4] == 'c' &&
+		 dir[5] == 'o' && dir[6] == 'r' && dir[7] == 'e' && dir[8] == 0);
+	return named && root_only(d) && root_only(p);
 }

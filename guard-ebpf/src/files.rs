@@ -13,7 +13,7 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns,
             bpf_send_signal_thread,
@@ -23,19 +23,22 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, LsmContext},
 };
 use guard_common::files::{
-    DirVerdict, HoldRecord, InodeKey, Pending, StandingKey, HOLD_ANCESTOR, HOLD_LINK,
-    HOLD_RENAME_TARGET, MAX_DEPTH, MAX_NAMES, MAX_ROOTS, NAME_LEN, OP_RENAME, OP_RMDIR,
-    OP_TRUNCATE, OP_UNLINK, SESSION_FILE_HOLD, VERDICT_ALLOW,
+    DirVerdict, HoldRecord, InodeKey, Pending, StandingKey, CFG_PATTERNS, CFG_WRITE_PATTERNS,
+    CONFIG_FLAGS, CONFIG_PATTERN_ROOT, HOLD_ANCESTOR, HOLD_GIT, HOLD_LINK, HOLD_RENAME_TARGET,
+    HOLD_WRITE_ROOT, MAX_DEPTH, MAX_NAMES, MAX_ROOTS, MAX_SUFFIXES, NAME_LEN, OP_CREATE, OP_RENAME,
+    OP_RMDIR, OP_TRUNCATE, OP_UNLINK, OP_WRITE, PAT_EXACT, PAT_GIT, PAT_SUFFIX, PAT_WRITE_EXACT,
+    PAT_WRITE_SUFFIX, SESSION_FILE_HOLD, SESSION_WRITE_HOLD, VERDICT_ALLOW,
 };
 
 use crate::{
     kernel::{
-        guard_dentry_key, guard_dentry_name, guard_dentry_parent, guard_file_dentry,
-        guard_path_dentry, guard_task_flags,
+        guard_dentry_key, guard_dentry_name, guard_dentry_parent, guard_exe_is_git,
+        guard_file_dentry, guard_file_mode, guard_name_hashes, guard_path_dentry, guard_task_flags,
+        NameHashes,
     },
     maps::{
-        DECISIONS, DIR_CACHE, HOLD_EVENTS, PENDING, PROT_ANCESTORS, PROT_DIRS, PROT_INODES,
-        RENAME_GEN, SESSION_CGROUPS, STANDING,
+        CONFIG, DECISIONS, DIR_CACHE, HOLD_EVENTS, NAME_PATTERNS, PENDING, PROT_ANCESTORS,
+        PROT_DIRS, PROT_INODES, RENAME_GEN, SESSION_CGROUPS, STANDING, WDIR_CACHE, WRITE_DIRS,
     },
 };
 
@@ -46,6 +49,12 @@ const SIGSTOP: u32 = 19;
 const PF_IO_WORKER: u32 = 0x10;
 /// `RENAME_EXCHANGE`.
 const RENAME_EXCHANGE: u32 = 2;
+/// `FMODE_WRITE`.
+const FMODE_WRITE: u32 = 0x2;
+/// `FMODE_CREATED`: this open made the file (its creation went through `path_mknod`).
+const FMODE_CREATED: u32 = 0x10_0000;
+/// `WRITE_DIRS` value bit: another hard link of a write-protected file.
+const WRITE_LINK: u32 = 1 << 16;
 
 /// What protects an object.
 #[derive(Clone, Copy)]
@@ -90,6 +99,76 @@ fn bump_generation() {
     }
 }
 
+fn config(i: u32) -> u32 {
+    CONFIG.get(i).copied().unwrap_or(0)
+}
+
+/// Whether the name of `d` matches a name pattern: whole (`exact` bits) or a suffix starting
+/// at one of its last dots (`suffix` bits).
+fn name_matches(d: *const c_void, exact: u32, suffix: u32) -> bool {
+    name_bits(d, exact, suffix) != 0
+}
+
+/// The `PAT_*` bits of the pattern entry the name of `d` matches (0: none): the whole name's
+/// entry when it has an `exact` bit, else the first suffix's with a `suffix` bit.
+fn name_bits(d: *const c_void, exact: u32, suffix: u32) -> u32 {
+    let mut res = NameHashes {
+        h: [0u64; 1 + MAX_SUFFIXES],
+    };
+    // A global function takes scalars, not the verifier's typed pointers: the address goes
+    // through a probe read of its own stack slot, which yields a plain number.
+    let slot = d;
+    // SAFETY: reads 8 bytes of this program's stack.
+    let Ok(addr) = (unsafe { bpf_probe_read_kernel(&slot as *const *const c_void as *const u64) })
+    else {
+        return 0;
+    };
+    // SAFETY: the accessor writes into `res` only and reads kernel memory through helpers.
+    let n = unsafe { guard_name_hashes(addr, &mut res) };
+    let out = res.h;
+    if n < 0 {
+        return 0;
+    }
+    if out[0] != 0 {
+        // SAFETY: map values are copied out at once.
+        if let Some(&b) = unsafe { NAME_PATTERNS.get(out[0]) } {
+            if b & exact != 0 {
+                return b;
+            }
+        }
+    }
+    for i in 0..MAX_SUFFIXES {
+        if i as i32 >= n {
+            break;
+        }
+        // SAFETY: as above.
+        if let Some(&b) = unsafe { NAME_PATTERNS.get(out[1 + i]) } {
+            if b & suffix != 0 {
+                return b;
+            }
+        }
+    }
+    0
+}
+
+/// A match of a `protect` name pattern (its root is the pattern root).
+fn pattern_match(depth: u32) -> Match {
+    Match {
+        root: config(CONFIG_PATTERN_ROOT),
+        depth,
+        flags: 0,
+    }
+}
+
+/// The match of a `protect` pattern whose entry has `bits`: a `.git` match is marked.
+fn protect_pattern_match(bits: u32, depth: u32) -> Match {
+    let mut m = pattern_match(depth);
+    if bits & PAT_GIT != 0 {
+        m.flags |= HOLD_GIT;
+    }
+    m
+}
+
 /// Walks from `d` up its `d_parent` chain looking for a protected root; the verdict for the
 /// parent directory is cached (see `DIR_CACHE`).
 fn protected(d: *const c_void, ancestors_too: bool) -> Option<Match> {
@@ -102,6 +181,12 @@ fn protected(d: *const c_void, ancestors_too: bool) -> Option<Match> {
             flags: 0,
         });
     }
+    if config(CONFIG_FLAGS) & CFG_PATTERNS != 0 {
+        let bits = name_bits(d, PAT_EXACT, PAT_SUFFIX);
+        if bits != 0 {
+            return Some(protect_pattern_match(bits, 0));
+        }
+    }
     // SAFETY: the accessor only reads kernel memory.
     let parent = unsafe { guard_dentry_parent(d) };
     let mut found: Option<Match> = None;
@@ -112,10 +197,11 @@ fn protected(d: *const c_void, ancestors_too: bool) -> Option<Match> {
             match unsafe { DIR_CACHE.get(pk) }.copied() {
                 Some(v) if v.gen == gen => {
                     if v.root_plus1 != 0 {
+                        let enc = v.root_plus1 - 1;
                         found = Some(Match {
-                            root: v.root_plus1 - 1,
+                            root: enc & 0xffff,
                             depth: v.depth + 1,
-                            flags: 0,
+                            flags: enc >> 16,
                         });
                     }
                 }
@@ -123,14 +209,14 @@ fn protected(d: *const c_void, ancestors_too: bool) -> Option<Match> {
                     let walked = walk(parent);
                     let v = DirVerdict {
                         gen,
-                        root_plus1: walked.map_or(0, |m| m.root + 1),
+                        root_plus1: walked.map_or(0, |m| (m.root | (m.flags << 16)) + 1),
                         depth: walked.map_or(0, |m| m.depth),
                     };
                     let _ = DIR_CACHE.insert(pk, v, 0);
                     found = walked.map(|m| Match {
                         root: m.root,
                         depth: m.depth + 1,
-                        flags: 0,
+                        flags: m.flags,
                     });
                 }
             }
@@ -162,6 +248,7 @@ fn protected(d: *const c_void, ancestors_too: bool) -> Option<Match> {
 
 /// The protected root at or above directory `d`, if any (bounded `d_parent` walk).
 fn walk(d: *const c_void) -> Option<Match> {
+    let patterns = config(CONFIG_FLAGS) & CFG_PATTERNS != 0;
     let mut cur = d;
     for depth in 0..MAX_DEPTH {
         let k = key_of(cur)?;
@@ -172,6 +259,12 @@ fn walk(d: *const c_void) -> Option<Match> {
                 depth,
                 flags: 0,
             });
+        }
+        if patterns {
+            let bits = name_bits(cur, PAT_EXACT, PAT_SUFFIX);
+            if bits != 0 {
+                return Some(protect_pattern_match(bits, depth));
+            }
         }
         // SAFETY: the accessor only reads kernel memory.
         let parent = unsafe { guard_dentry_parent(cur) };
@@ -184,9 +277,106 @@ fn walk(d: *const c_void) -> Option<Match> {
 }
 
 pub fn session_has_file_hold() -> bool {
+    session_has(SESSION_FILE_HOLD)
+}
+
+fn session_has(flag: u32) -> bool {
     // SAFETY: a helper without arguments; the map value is copied out.
     let cg = unsafe { bpf_get_current_cgroup_id() };
-    matches!(unsafe { SESSION_CGROUPS.get(cg) }, Some(&f) if f & SESSION_FILE_HOLD != 0)
+    matches!(unsafe { SESSION_CGROUPS.get(cg) }, Some(&f) if f & flag != 0)
+}
+
+/// The match of a `WRITE_DIRS` value found `depth` levels up.
+fn write_match(v: u32, depth: u32) -> Match {
+    if v & WRITE_LINK != 0 {
+        return Match {
+            root: v & 0xff,
+            depth: MAX_DEPTH + 1,
+            flags: HOLD_LINK,
+        };
+    }
+    Match {
+        root: v & 0xff,
+        depth,
+        flags: HOLD_WRITE_ROOT | (v & 0xff00),
+    }
+}
+
+/// A write-protected root (or write pattern) at or above directory `d` (bounded walk).
+fn write_walk(d: *const c_void) -> Option<Match> {
+    let patterns = config(CONFIG_FLAGS) & CFG_WRITE_PATTERNS != 0;
+    let mut cur = d;
+    for depth in 0..MAX_DEPTH {
+        let k = key_of(cur)?;
+        // SAFETY: map values are copied out at once.
+        if let Some(&v) = unsafe { WRITE_DIRS.get(k) } {
+            return Some(write_match(v, depth));
+        }
+        if patterns && name_matches(cur, PAT_WRITE_EXACT, PAT_WRITE_SUFFIX) {
+            return Some(pattern_match(depth));
+        }
+        // SAFETY: the accessor only reads kernel memory.
+        let parent = unsafe { guard_dentry_parent(cur) };
+        if parent.is_null() || parent == cur {
+            return None;
+        }
+        cur = parent;
+    }
+    None
+}
+
+/// Whether writing to (positive) dentry `d` is held: it is a write-protected root or another
+/// link of one's file, its name matches a write pattern, or a directory above it does (that
+/// walk's verdict for the parent is cached in `WDIR_CACHE`).
+fn write_protected(d: *const c_void) -> Option<Match> {
+    let own = key_of(d)?;
+    // SAFETY: map values are copied out at once.
+    if let Some(&v) = unsafe { WRITE_DIRS.get(own) } {
+        return Some(write_match(v, 0));
+    }
+    if config(CONFIG_FLAGS) & CFG_WRITE_PATTERNS != 0
+        && name_matches(d, PAT_WRITE_EXACT, PAT_WRITE_SUFFIX)
+    {
+        return Some(pattern_match(0));
+    }
+    // SAFETY: the accessor only reads kernel memory.
+    let parent = unsafe { guard_dentry_parent(d) };
+    if parent.is_null() || parent == d {
+        return None;
+    }
+    let pk = key_of(parent)?;
+    let gen = generation();
+    // SAFETY: as above.
+    let m = match unsafe { WDIR_CACHE.get(pk) }.copied() {
+        Some(v) if v.gen == gen => {
+            if v.root_plus1 == 0 {
+                None
+            } else {
+                let enc = v.root_plus1 - 1;
+                Some(Match {
+                    root: enc & 0xffff,
+                    depth: v.depth,
+                    flags: enc >> 16,
+                })
+            }
+        }
+        _ => {
+            let walked = write_walk(parent);
+            let v = DirVerdict {
+                gen,
+                root_plus1: walked.map_or(0, |m| (m.root | (m.flags << 16)) + 1),
+                depth: walked.map_or(0, |m| m.depth),
+            };
+            let _ = WDIR_CACHE.insert(pk, v, 0);
+            walked
+        }
+    };
+    m.map(|mut m| {
+        if m.flags & HOLD_LINK == 0 {
+            m.depth += 1;
+        }
+        m
+    })
 }
 
 fn fill_names(d: *const c_void, names: *mut [[u8; NAME_LEN]; MAX_NAMES]) -> u32 {
@@ -212,6 +402,11 @@ fn fill_names(d: *const c_void, names: *mut [[u8; NAME_LEN]; MAX_NAMES]) -> u32 
 
 /// The decision logic of the file hooks. `other` is the second dentry of a rename.
 fn hold(op: u32, target: *const c_void, m: Match, other: *const c_void) -> i32 {
+    // git manages its own repository: a `.git` name pattern does not hold git itself.
+    // SAFETY: reads kernel memory through helpers only.
+    if m.flags & HOLD_GIT != 0 && unsafe { guard_exe_is_git() } != 0 {
+        return 0;
+    }
     let Some(k) = key_of(target) else {
         return -EPERM;
     };
@@ -416,7 +611,89 @@ pub fn path_link(ctx: LsmContext) -> i32 {
             }
         }
     }
+    if session_has(SESSION_WRITE_HOLD) {
+        if let Some(m) = write_protected(old) {
+            if let Some(k) = key_of(old) {
+                if WRITE_DIRS.insert(k, m.root | WRITE_LINK, 0).is_err() {
+                    return -EPERM;
+                }
+            }
+        }
+    }
     0
+}
+
+/// `file_open(struct file *file)`: a file of a write-protected tree opened for writing (an
+/// open that created the file passed `path_mknod` already).
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return prev;
+    }
+    if !session_has(SESSION_WRITE_HOLD) {
+        return 0;
+    }
+    let file: *const c_void = ctx.arg(0);
+    // SAFETY: kernel reads through the accessors.
+    let mode = unsafe { guard_file_mode(file) };
+    if mode & FMODE_WRITE == 0 || mode & FMODE_CREATED != 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    let d = unsafe { guard_file_dentry(file) };
+    if d.is_null() {
+        return -EPERM;
+    }
+    match write_protected(d) {
+        Some(m) => hold(OP_WRITE, d, m, core::ptr::null()),
+        None => 0,
+    }
+}
+
+/// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev)`:
+/// a new entry (open with O_CREAT, mknod) in a write-protected tree, or named by a write pattern.
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(4);
+    if prev != 0 {
+        return prev;
+    }
+    if !session_has(SESSION_WRITE_HOLD) {
+        return 0;
+    }
+    let dir_path: *const c_void = ctx.arg(0);
+    let new: *const c_void = ctx.arg(1);
+    // SAFETY: kernel read through the accessor.
+    let dir = unsafe { guard_path_dentry(dir_path) };
+    if dir.is_null() || new.is_null() {
+        return -EPERM;
+    }
+    let m = if config(CONFIG_FLAGS) & CFG_WRITE_PATTERNS != 0
+        && name_matches(new, PAT_WRITE_EXACT, PAT_WRITE_SUFFIX)
+    {
+        Some(pattern_match(0))
+    } else {
+        write_protected(dir).map(|mut m| {
+            if m.flags & HOLD_LINK == 0 {
+                m.depth += 1;
+            }
+            m
+        })
+    };
+    let Some(m) = m else {
+        return 0;
+    };
+    let Some(k) = key_of(dir) else {
+        return -EPERM;
+    };
+    hold_key(OP_CREATE, k, m, |rec| {
+        // SAFETY: rec points to a reserved record; the names are written in place.
+        unsafe {
+            (*rec).names_len = fill_names(new, addr_of_mut!((*rec).names));
+            (*rec).other_len = 0;
+        }
+    })
 }
 
 /// `sched_process_exit(struct task_struct *p)`: forgets the thread's pending hold and, when the

@@ -27,4 +27,20 @@ extern "C" {
     pub fn guard_file_dentry(file: *const c_void) -> *const c_void;
     /// `task->flags`, or 0.
     pub fn guard_task_flags(task: *const c_void) -> u32;
+    /// 1 when the current task runs git: its executable is named `git` (or lies in a `git-core`
+    /// directory), and it and its directory are owned by root and writable by nobody else.
+    pub fn guard_exe_is_git() -> c_int;
+    /// `file->f_mode`, or 0.
+    pub fn guard_file_mode(file: *const c_void) -> u32;
+    /// Hashes of the name of the dentry at address `dentry` for name patterns (see
+    /// `c/core_read.c`); returns the number of suffix hashes, or -1. A global function: the
+    /// verifier checks it once.
+    pub fn guard_name_hashes(dentry: u64, out: *mut NameHashes) -> c_int;
+}
+
+/// The result of `guard_name_hashes`: the whole name's hash, then up to four suffixes'.
+#[repr(C)]
+pub struct NameHashes {
+    /// `h[0]`: the whole name (0: too long); `h[1..]`: suffixes starting at dots, from the end.
+    pub h: [u64; 5],
 }

@@ -65,6 +65,24 @@ pub static DIR_CACHE: LruHashMap<InodeKey, DirVerdict> = LruHashMap::with_max_en
 #[map]
 pub static RENAME_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Name patterns of `protect` and `protect_writes`: `name_hash` of a name or of a suffix to
+/// `PAT_*` bits.
+#[map]
+pub static NAME_PATTERNS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
+
+/// Settings of the file hold: `CONFIG_FLAGS` (`CFG_*`) and `CONFIG_PATTERN_ROOT`.
+#[map]
+pub static CONFIG: Array<u32> = Array::with_max_entries(4, 0);
+
+/// Write-protected roots (and their mounts, and other hard links of their files): inode to
+/// `root | write_root << 8` (`| 1 << 16` for another link).
+#[map]
+pub static WRITE_DIRS: HashMap<InodeKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// As `DIR_CACHE`, for write protection: the walk's match, encoded (see `files.rs`).
+#[map]
+pub static WDIR_CACHE: LruHashMap<InodeKey, DirVerdict> = LruHashMap::with_max_entries(16384, 0);
+
 /// `hold_connect` endpoints (IPv4): LPM key = port (network order) ++ address; value unused.
 #[map]
 pub static HELD_CONNECT4: LpmTrie<[u8; 6], u8> = LpmTrie::with_max_entries(1024, 0);

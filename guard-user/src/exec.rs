@@ -99,10 +99,19 @@ impl ExecObserver {
     /// [`ExecObserver::load`] with the kernel's BTF already parsed (parsing it costs tens of
     /// milliseconds: do it once per run).
     pub fn load_with(btf: &Btf) -> Result<Self, ExecError> {
+        Self::load_then(|| Ok(btf))
+    }
+
+    /// [`ExecObserver::load`], asking for the kernel's BTF only when the program is loaded, after
+    /// the object is (aya's loader parses the kernel's BTF itself for the object's relocations:
+    /// the caller can parse its own copy meanwhile, on another thread).
+    pub fn load_then<'a>(
+        btf: impl FnOnce() -> Result<&'a Btf, ExecError>,
+    ) -> Result<Self, ExecError> {
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(btf))
             .load(EBPF_OBJECT)
             .map_err(ExecError::Load)?;
+        let btf = btf()?;
 
         let program_err = |source| ExecError::Program {
             name: EXEC_PROGRAM,

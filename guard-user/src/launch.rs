@@ -436,11 +436,47 @@ struct ChildPlan {
     chan: OwnedFd,
 }
 
+/// The kernel's BTF, parsed on a thread of its own (it takes about 20 ms) while the set-up goes
+/// on; joined where it is first needed, always before the fork.
+struct KernelBtf {
+    job: Option<std::thread::JoinHandle<Result<aya::Btf, aya::BtfError>>>,
+    btf: Option<aya::Btf>,
+}
+
+impl KernelBtf {
+    fn start() -> Self {
+        KernelBtf {
+            job: Some(std::thread::spawn(aya::Btf::from_sys_fs)),
+            btf: None,
+        }
+    }
+
+    /// The parsed BTF (waits for the thread the first time).
+    fn get_exec(&mut self) -> Result<&aya::Btf, crate::exec::ExecError> {
+        let btf = match self.btf.take() {
+            Some(b) => b,
+            None => match self.job.take() {
+                Some(job) => job.join().unwrap_or_else(|_| aya::Btf::from_sys_fs()),
+                None => aya::Btf::from_sys_fs(),
+            }
+            .map_err(crate::exec::ExecError::Btf)?,
+        };
+        Ok(self.btf.insert(btf))
+    }
+
+    fn get(&mut self) -> Result<&aya::Btf, RunError> {
+        Ok(self.get_exec()?)
+    }
+}
+
 /// Runs `sandbox run`. Returns the command's exit status.
 pub fn run(args: RunArgs) -> Result<u8, RunError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(RunError::NotRoot);
     }
+    // The kernel's type information, parsed once for every program this run loads, on a thread
+    // of its own meanwhile (joined before the fork).
+    let mut btf = KernelBtf::start();
     let ident = identity(args.user.as_deref())?;
     let session = session_name(args.session.as_deref(), &args.cmd)?;
     let profile = match &args.profile {
@@ -523,8 +559,6 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     if !profile.commands.hold.is_empty() {
         not_enforced.push("[commands] hold (commands are audited, not held)");
     }
-    // The kernel's type information, parsed once for every program this run loads.
-    let btf = aya::Btf::from_sys_fs().map_err(crate::exec::ExecError::Btf)?;
     let default_scope = profile.decisions.default_scope.unwrap_or_default();
     let timeout = args
         .decision_timeout
@@ -534,34 +568,28 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let (backend, lsm_refused) = match args.backend {
         Backend::Seccomp => (Backend::Seccomp, None),
         Backend::Lsm => {
-            files::lsm::probe_with(&btf)?;
+            files::lsm::probe_with(btf.get()?)?;
             (Backend::Lsm, None)
         }
-        Backend::Auto if prot.has_patterns() => (
-            Backend::Seccomp,
-            Some("name patterns are enforced by the seccomp backend only".to_string()),
-        ),
-        Backend::Auto if prot.writes().is_some() => (
-            Backend::Seccomp,
-            Some("files.protect_writes is enforced by the seccomp backend only".to_string()),
-        ),
+        Backend::Auto if files::lsm::check_patterns(&prot).is_err() => {
+            (Backend::Seccomp, files::lsm::check_patterns(&prot).err())
+        }
         Backend::Auto => {
             ensure_private_dir(&control::state_dir())?;
-            match files::lsm::probe_cached(&control::state_dir(), &btf) {
+            match files::lsm::probe_cached(&control::state_dir(), || {
+                btf.get().map_err(|e| e.to_string())
+            }) {
                 Ok(()) => (Backend::Lsm, None),
                 Err(e) => (Backend::Seccomp, Some(e)),
             }
         }
     };
-    if backend == Backend::Lsm && prot.writes().is_some() {
-        return Err(RunError::Usage(
-            "--backend lsm does not hold write-opens (files.protect_writes) yet; use --backend seccomp".into(),
-        ));
-    }
-    if backend == Backend::Lsm && prot.has_patterns() {
-        return Err(RunError::Usage(
-            "--backend lsm does not enforce name patterns (e.g. **/*.tfstate) yet; use --backend seccomp".into(),
-        ));
+    if backend == Backend::Lsm {
+        if let Err(e) = files::lsm::check_patterns(&prot) {
+            return Err(RunError::Usage(format!(
+                "--backend lsm: {e}; use --backend seccomp"
+            )));
+        }
     }
     let cmd: Vec<CString> = args
         .cmd
@@ -580,7 +608,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let cg = SessionCgroup::create(&session)?;
     let cg_guard = CgroupGuard(&cg);
 
-    let mut observer = crate::exec::ExecObserver::load_with(&btf)?;
+    let mut observer = crate::exec::ExecObserver::load_then(|| btf.get_exec())?;
+    let btf = btf.get()?;
     observer.watch_cgroup(cg.id()?)?;
     // The race-free backstop of connect holds, in place before anything runs in the cgroup.
     // (The LSM backend's socket_connect hook reads the kernel's copy of the address: no race.)
@@ -588,7 +617,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         None
     } else {
         Some(
-            crate::netguard::ConnectGuard::load(&btf, cg.path(), &connect_held, std::process::id())
+            crate::netguard::ConnectGuard::load(btf, cg.path(), &connect_held, std::process::id())
                 .map_err(|e| RunError::Usage(format!("hold_connect backstop: {e}")))?,
         )
     };
@@ -737,7 +766,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             prot.clone(),
             report.clone(),
             cg.id()?,
-            &btf,
+            btf,
             &connect_held,
         )?))
     } else {
@@ -836,15 +865,24 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     ca[4] = libc::SIGCHLD as u64;
     ca[10] = cg_dir.as_raw_fd() as u64;
     // A thread started before the fork could hold a lock (malloc's, say) that the child then
-    // waits on forever: check rather than trust.
-    let threads = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse::<u32>().ok())
-        })
-        .unwrap_or(0);
+    // waits on forever: check rather than trust. (The BTF thread has been joined; the kernel
+    // may count it for a moment after that.)
+    let count = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let mut threads = count();
+    let t0 = std::time::Instant::now();
+    while threads != 1 && t0.elapsed() < Duration::from_millis(200) {
+        std::thread::sleep(Duration::from_millis(1));
+        threads = count();
+    }
     if threads != 1 {
         return Err(RunError::Usage(format!(
             "internal error: the supervisor has {threads} threads when it forks the session (must be 1)"

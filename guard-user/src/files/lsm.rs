@@ -19,9 +19,12 @@ use aya::maps::{HashMap, MapData, MapError, RingBuf};
 use aya::programs::{BtfTracePoint, Lsm, ProgramError};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use guard_common::files::{
-    Decision, HoldRecord, InodeKey, StandingKey, CONNECT_ROOT, HOLD_ANCESTOR, HOLD_LINK,
-    HOLD_RENAME_TARGET, MAX_NAMES, MAX_ROOTS, NAME_LEN, OP_CONNECT, OP_RENAME, OP_RMDIR,
-    OP_TRUNCATE, OP_UNLINK, SESSION_CONNECT_HOLD, SESSION_FILE_HOLD, VERDICT_ALLOW, VERDICT_DENY,
+    Decision, HoldRecord, InodeKey, StandingKey, CFG_PATTERNS, CFG_WRITE_PATTERNS, CONFIG_FLAGS,
+    CONFIG_PATTERN_ROOT, CONNECT_ROOT, HOLD_ANCESTOR, HOLD_LINK, HOLD_RENAME_TARGET,
+    HOLD_WRITE_ROOT, MAX_NAMES, MAX_ROOTS, MAX_SUFFIXES, NAME_LEN, OP_CONNECT, OP_CREATE,
+    OP_RENAME, OP_RMDIR, OP_TRUNCATE, OP_UNLINK, OP_WRITE, PATTERN_LEN, PAT_EXACT, PAT_GIT,
+    PAT_SUFFIX, PAT_WRITE_EXACT, PAT_WRITE_SUFFIX, SESSION_CONNECT_HOLD, SESSION_FILE_HOLD,
+    SESSION_WRITE_HOLD, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use super::Protection;
@@ -39,6 +42,56 @@ const HOOKS: &[&str] = &[
 ];
 /// Hooks that may be missing on older kernels.
 const OPTIONAL_HOOKS: &[&str] = &["file_truncate"];
+/// The hooks of `files.protect_writes` (attached only when a session has it).
+const WRITE_HOOKS: &[&str] = &["file_open", "path_mknod"];
+/// `WRITE_DIRS` value bit: another hard link of a write-protected file.
+const WRITE_LINK: u32 = 1 << 16;
+
+/// How the LSM programs match a name pattern: the whole name, or a suffix starting with '.'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamePattern {
+    /// `**/NAME` or `NAME`: a file or directory called exactly NAME.
+    Exact(String),
+    /// `**/*.SUFFIX` or `*.SUFFIX`: a name ending in `.SUFFIX` (the string starts with '.').
+    Suffix(String),
+}
+
+/// The LSM form of a `protect` / `protect_writes` pattern, or why the LSM programs cannot
+/// match it (the seccomp backend matches any glob).
+pub fn name_pattern(p: &str) -> Result<NamePattern, String> {
+    let name = p.strip_prefix("**/").unwrap_or(p);
+    let unsupported = || {
+        format!(
+            "name pattern {p:?}: the LSM backend matches only NAME, *.SUFFIX (up to {MAX_SUFFIXES} dots) and the same after **/, up to {PATTERN_LEN} bytes"
+        )
+    };
+    let meta = |s: &str| s.contains(['*', '?', '[', ']', '{', '}', '\\', '/']);
+    if name.is_empty() || name.len() > PATTERN_LEN {
+        return Err(unsupported());
+    }
+    if let Some(suffix) = name.strip_prefix('*') {
+        if !suffix.starts_with('.') || meta(suffix) || suffix.matches('.').count() > MAX_SUFFIXES {
+            return Err(unsupported());
+        }
+        return Ok(NamePattern::Suffix(suffix.to_string()));
+    }
+    if meta(name) {
+        return Err(unsupported());
+    }
+    Ok(NamePattern::Exact(name.to_string()))
+}
+
+/// Checks that the LSM programs can match every pattern of `prot` (see [`name_pattern`]).
+pub fn check_patterns(prot: &Protection) -> Result<(), String> {
+    let writes = prot
+        .writes()
+        .map(|w| w.pattern_strings())
+        .unwrap_or_default();
+    for p in prot.pattern_strings().iter().chain(&writes) {
+        name_pattern(p)?;
+    }
+    Ok(())
+}
 
 /// Errors of the LSM backend.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +124,13 @@ pub enum LsmError {
         source: MapError,
     },
     /// Too many protected roots.
-    #[error("the LSM backend supports at most {MAX_ROOTS} protected roots")]
+    #[error(
+        "the LSM backend supports at most {MAX_ROOTS} protected roots (name patterns count as one)"
+    )]
     TooManyRoots,
+    /// A name pattern the programs cannot match.
+    #[error("{0}")]
+    Pattern(String),
     /// Setting up the connect hold.
     #[error("hold_connect: {0}")]
     Connect(String),
@@ -137,7 +195,10 @@ pub fn probe_with(btf: &Btf) -> Result<(), LsmError> {
 /// [`probe_with`], remembered for the rest of this boot in `<state dir>/lsm-probe` (whether a
 /// kernel loads LSM programs does not change while it runs, and probing costs a whole object
 /// load). Returns the refusal as text.
-pub fn probe_cached(state: &std::path::Path, btf: &Btf) -> Result<(), String> {
+pub fn probe_cached<'a>(
+    state: &std::path::Path,
+    btf: impl FnOnce() -> Result<&'a Btf, String>,
+) -> Result<(), String> {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let boot = boot.trim();
     let cache = state.join("lsm-probe");
@@ -152,7 +213,9 @@ pub fn probe_cached(state: &std::path::Path, btf: &Btf) -> Result<(), String> {
             };
         }
     }
-    let r = probe_with(btf).map_err(|e| format!("{e}: {}", crate::launch::error_chain(&e)));
+    let r = btf().and_then(|btf| {
+        probe_with(btf).map_err(|e| format!("{e}: {}", crate::launch::error_chain(&e)))
+    });
     if !boot.is_empty() {
         let text = format!(
             "{boot}\n{}\n",
@@ -214,6 +277,81 @@ fn key(path: &std::path::Path) -> Result<InodeKey, LsmError> {
     })
 }
 
+/// Regular files at or below `root` with more than one hard link, by kernel inode key.
+fn linked_below(root: &std::path::Path) -> Vec<(InodeKey, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if md.is_file() && md.nlink() > 1 {
+            let k = InodeKey {
+                dev: kernel_dev(md.dev()),
+                _pad: 0,
+                ino: md.ino(),
+            };
+            out.push((k, p));
+        }
+    }
+    out
+}
+
+/// Writes the name patterns (`NAME_PATTERNS`) and the settings (`CONFIG`) of the programs.
+fn fill_patterns(ebpf: &mut Ebpf, prot: &Protection) -> Result<(), LsmError> {
+    let mut names: HashMap<&mut MapData, u64, u32> = HashMap::try_from(
+        ebpf.map_mut("NAME_PATTERNS")
+            .ok_or(LsmError::Missing("NAME_PATTERNS"))?,
+    )
+    .map_err(map_err("NAME_PATTERNS"))?;
+    let mut bits: StdHashMap<u64, u32> = StdHashMap::new();
+    let mut cfg = 0;
+    let writes = prot
+        .writes()
+        .map(|w| w.pattern_strings())
+        .unwrap_or_default();
+    for (list, exact, suffix, flag) in [
+        (prot.pattern_strings(), PAT_EXACT, PAT_SUFFIX, CFG_PATTERNS),
+        (
+            writes,
+            PAT_WRITE_EXACT,
+            PAT_WRITE_SUFFIX,
+            CFG_WRITE_PATTERNS,
+        ),
+    ] {
+        for p in &list {
+            let (h, b) = match name_pattern(p).map_err(LsmError::Pattern)? {
+                // git manages its own repository: the programs let git itself through.
+                NamePattern::Exact(n) if n == ".git" && exact == PAT_EXACT => (
+                    guard_common::files::name_hash(n.as_bytes()),
+                    exact | PAT_GIT,
+                ),
+                NamePattern::Exact(n) => (guard_common::files::name_hash(n.as_bytes()), exact),
+                NamePattern::Suffix(s) => (guard_common::files::name_hash(s.as_bytes()), suffix),
+            };
+            *bits.entry(h).or_default() |= b;
+            cfg |= flag;
+        }
+    }
+    for (h, b) in bits {
+        names.insert(h, b, 0).map_err(map_err("NAME_PATTERNS"))?;
+    }
+    let mut config: aya::maps::Array<&mut MapData, u32> =
+        aya::maps::Array::try_from(ebpf.map_mut("CONFIG").ok_or(LsmError::Missing("CONFIG"))?)
+            .map_err(map_err("CONFIG"))?;
+    config
+        .set(CONFIG_FLAGS, cfg, 0)
+        .map_err(map_err("CONFIG"))?;
+    config
+        .set(CONFIG_PATTERN_ROOT, prot.pattern_root() as u32, 0)
+        .map_err(map_err("CONFIG"))?;
+    Ok(())
+}
+
 /// Mount points strictly below `root` (their file systems' roots end a `d_parent` walk).
 fn mounts_below(root: &std::path::Path) -> Vec<PathBuf> {
     let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -235,9 +373,13 @@ impl LsmSupervisor {
         btf: &Btf,
         connect: &[crate::netguard::Endpoint],
     ) -> Result<Self, LsmError> {
-        if prot.roots().len() > MAX_ROOTS as usize {
+        let pattern_slot = usize::from(prot.has_patterns());
+        if prot.roots().len() + pattern_slot > MAX_ROOTS as usize
+            || prot.writes().is_some_and(|w| w.roots().len() > 255)
+        {
             return Err(LsmError::TooManyRoots);
         }
+        check_patterns(&prot).map_err(LsmError::Pattern)?;
         let mut ebpf = load_object(btf)?;
         for &hook in HOOKS {
             if OPTIONAL_HOOKS.contains(&hook) && !hook_exists(btf, hook) {
@@ -252,6 +394,18 @@ impl LsmSupervisor {
                 .map_err(err)?;
             p.load(hook, btf).map_err(err)?;
             p.attach().map_err(err)?;
+        }
+        if prot.writes().is_some() {
+            for &hook in WRITE_HOOKS {
+                let err = |source| LsmError::Program { name: hook, source };
+                let p: &mut Lsm = ebpf
+                    .program_mut(hook)
+                    .ok_or(LsmError::Missing("an LSM program"))?
+                    .try_into()
+                    .map_err(err)?;
+                p.load(hook, btf).map_err(err)?;
+                p.attach().map_err(err)?;
+            }
         }
         if !connect.is_empty() {
             let hook = "socket_connect";
@@ -307,6 +461,33 @@ impl LsmSupervisor {
                 a = p.parent();
             }
         }
+        fill_patterns(&mut ebpf, &prot)?;
+        if let Some(w) = prot.writes() {
+            let mut write_dirs: HashMap<MapData, InodeKey, u32> =
+                take(&mut ebpf, "WRITE_DIRS", HashMap::try_from)?;
+            for (wi, wr) in w.roots().iter().enumerate() {
+                let outer = prot
+                    .roots()
+                    .iter()
+                    .position(|r| wr.starts_with(r))
+                    .unwrap_or(prot.pattern_root()) as u32;
+                let v = outer | (wi as u32) << 8;
+                write_dirs
+                    .insert(key(wr)?, v, 0)
+                    .map_err(map_err("WRITE_DIRS"))?;
+                for m in mounts_below(wr) {
+                    if let Ok(k) = key(&m) {
+                        write_dirs.insert(k, v, 0).map_err(map_err("WRITE_DIRS"))?;
+                    }
+                }
+                // Files with other hard links: writing through another name is held too.
+                for (k, _) in linked_below(wr) {
+                    write_dirs
+                        .insert(k, outer | WRITE_LINK, 0)
+                        .map_err(map_err("WRITE_DIRS"))?;
+                }
+            }
+        }
         for ((dev, ino), root) in prot.linked_entries() {
             let k = InodeKey {
                 dev: kernel_dev(dev),
@@ -317,11 +498,13 @@ impl LsmSupervisor {
                 .insert(k, root as u32, 0)
                 .map_err(map_err("PROT_INODES"))?;
         }
-        let flags = if connect.is_empty() {
-            SESSION_FILE_HOLD
-        } else {
-            SESSION_FILE_HOLD | SESSION_CONNECT_HOLD
-        };
+        let mut flags = SESSION_FILE_HOLD;
+        if !connect.is_empty() {
+            flags |= SESSION_CONNECT_HOLD;
+        }
+        if prot.writes().is_some() {
+            flags |= SESSION_WRITE_HOLD;
+        }
         maps.sessions
             .insert(cgroup_id, flags, 0)
             .map_err(map_err("SESSION_CGROUPS"))?;
@@ -378,13 +561,21 @@ impl LsmSupervisor {
                 .collect()
         };
         let own = names(&r.names, r.names_len);
-        let root = self
-            .prot
-            .roots()
-            .get(r.root as usize)
-            .cloned()
+        let write_root = (r.flags & HOLD_WRITE_ROOT != 0)
+            .then(|| {
+                self.prot
+                    .writes()
+                    .and_then(|w| w.roots().get((r.flags >> 8 & 0xff) as usize).cloned())
+            })
+            .flatten();
+        let pattern = r.root as usize == self.prot.pattern_root();
+        let root = write_root
+            .or_else(|| self.prot.roots().get(r.root as usize).cloned())
             .unwrap_or_default();
-        let path = if r.flags & HOLD_ANCESTOR != 0 {
+        let path = if pattern {
+            // Matched by name: the path is what the names say (cut after MAX_NAMES levels).
+            PathBuf::from(partial_path(&own))
+        } else if r.flags & HOLD_ANCESTOR != 0 {
             self.ancestor_paths
                 .get(&(r.dev, r.ino))
                 .cloned()
@@ -431,18 +622,16 @@ impl LsmSupervisor {
             OP_RMDIR => "rmdir",
             OP_RENAME => "rename",
             OP_TRUNCATE => "truncate",
+            OP_WRITE | OP_CREATE => "write",
             _ => "unknown",
         };
         let (target, path) = self.describe(r);
         let root = r.root as usize;
-        let rule = format!(
-            "protect {}",
-            self.prot
-                .roots()
-                .get(root)
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
+        let rule = if kind == "write" {
+            self.prot.describe_write(&path)
+        } else {
+            self.prot.describe_root(root)
+        };
         self.admit(r, kind, target, rule, path, root);
     }
 
@@ -588,6 +777,48 @@ mod tests {
 
     fn v(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn name_patterns_the_programs_can_match() {
+        assert_eq!(
+            name_pattern("**/.git"),
+            Ok(NamePattern::Exact(".git".into()))
+        );
+        assert_eq!(
+            name_pattern("*.tfstate.backup"),
+            Ok(NamePattern::Suffix(".tfstate.backup".into()))
+        );
+        for bad in [
+            "**/*.tfstate*",
+            "/abs/x",
+            "**/a/b",
+            "x?",
+            "*tfstate",
+            "**/*.a.b.c.d.e",
+        ] {
+            assert!(name_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn suffix_hashes_are_steps_of_the_whole_names_backward_hash() {
+        use guard_common::files::{name_hash, NAME_HASH_BASIS, NAME_HASH_PRIME};
+        // What the kernel side computes: one backward scan, a suffix's hash at each dot.
+        let name = b"x.tfstate.backup";
+        let mut h = NAME_HASH_BASIS;
+        let mut at_dots = Vec::new();
+        for &c in name.iter().rev() {
+            h = (h ^ c as u64).wrapping_mul(NAME_HASH_PRIME);
+            if c == b'.' {
+                at_dots.push(h);
+            }
+        }
+        assert_eq!(h, name_hash(name));
+        assert_eq!(
+            at_dots,
+            [name_hash(b".backup"), name_hash(b".tfstate.backup")]
+        );
     }
 
     #[test]

@@ -111,6 +111,14 @@ impl Writes {
     pub fn has_patterns(&self) -> bool {
         self.patterns.is_some()
     }
+
+    /// The write-protecting name patterns as written.
+    pub fn pattern_strings(&self) -> Vec<String> {
+        self.patterns
+            .as_ref()
+            .map(|p| p.patterns().to_vec())
+            .unwrap_or_default()
+    }
 }
 
 /// How a write-open (or creation) of a path is treated.
@@ -279,6 +287,14 @@ impl Protection {
     /// True when name patterns protect paths anywhere (the supervisor performs every removal).
     pub fn has_patterns(&self) -> bool {
         self.patterns.is_some()
+    }
+
+    /// The protecting name patterns as written (`protect` and `protect_writes` ones).
+    pub fn pattern_strings(&self) -> Vec<String> {
+        self.patterns
+            .as_ref()
+            .map(|p| p.patterns().to_vec())
+            .unwrap_or_default()
     }
 
     /// The pseudo root index of pattern matches (one past the real roots).
