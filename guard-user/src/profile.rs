@@ -1663,8 +1663,14 @@ mod tests {
         assert!(!r.files.hidden.contains(&creds));
         assert!(r.files.writable.contains(&creds));
         assert!(r.process.keeps_env("AWS_SECRET_ACCESS_KEY"));
-        assert!(r.commands.hold.contains(&"terraform|tofu destroy".to_owned()));
-        assert!(r.commands.hold.contains(&"terraform|tofu state rm|push".to_owned()));
+        assert!(r
+            .commands
+            .hold
+            .contains(&"terraform|tofu destroy".to_owned()));
+        assert!(r
+            .commands
+            .hold
+            .contains(&"terraform|tofu state rm|push".to_owned()));
         assert_eq!(r.network.mode, Some(NetMode::Proxy));
         assert_eq!(r.network.hold, vec!["cloud-deletes"]);
     }

@@ -23,7 +23,7 @@
 //! `|` separates alternatives in any word (`-f|--force`, `-c|--command=*drop *|*truncate *`).
 //! Literal `*`, `?`, `|`, `=`, quotes and spaces are written with `\` before them.
 
-
+pub mod guard;
 
 use std::fmt;
 use std::path::Path;
@@ -373,7 +373,11 @@ impl Pattern {
         Ok(Pattern {
             progs,
             words: out,
-            text: words.iter().map(|w| render_word(w)).collect::<Vec<_>>().join(" "),
+            text: words
+                .iter()
+                .map(|w| render_word(w))
+                .collect::<Vec<_>>()
+                .join(" "),
         })
     }
 
@@ -738,8 +742,15 @@ mod tests {
     fn cloud_clis() {
         holds(
             "aws ec2 terminate-instances",
-            &["aws ec2 terminate-instances --instance-ids i-1", "aws --region eu-west-1 ec2 terminate-instances"],
-            &["aws ec2 describe-instances", "aws ec2 stop-instances", "aws terminate-instances ec2"],
+            &[
+                "aws ec2 terminate-instances --instance-ids i-1",
+                "aws --region eu-west-1 ec2 terminate-instances",
+            ],
+            &[
+                "aws ec2 describe-instances",
+                "aws ec2 stop-instances",
+                "aws terminate-instances ec2",
+            ],
         );
         holds(
             "aws s3 rb",
@@ -759,7 +770,10 @@ mod tests {
         );
         holds(
             "aws * delete-*",
-            &["aws dynamodb delete-table --table-name t", "aws rds delete-db-instance"],
+            &[
+                "aws dynamodb delete-table --table-name t",
+                "aws rds delete-db-instance",
+            ],
             &["aws dynamodb describe-table", "aws delete-x"],
         );
         holds(
@@ -782,7 +796,10 @@ mod tests {
     fn databases() {
         holds(
             "dropdb",
-            &["dropdb prod", "/usr/lib/postgresql/15/bin/dropdb -h db prod"],
+            &[
+                "dropdb prod",
+                "/usr/lib/postgresql/15/bin/dropdb -h db prod",
+            ],
             &["createdb prod", "psql -c 'DROP TABLE x'"],
         );
         let p = "psql '-c|--command=*drop *|*truncate *'";
@@ -829,7 +846,10 @@ mod tests {
         );
         holds(
             "git push +*",
-            &["git push origin +main", "git push origin +refs/heads/a:refs/heads/b"],
+            &[
+                "git push origin +main",
+                "git push origin +refs/heads/a:refs/heads/b",
+            ],
             &["git push origin main", "git push origin -- -x"],
         );
     }
@@ -851,7 +871,13 @@ mod tests {
                 "rm -rf --no-preserve-root /",
                 "rm -rf /./",
             ],
-            &["rm -rf /tmp/build", "rm -rf build", "rm / ", "rm -f /etc/x", "rm -rf /home/u/project"],
+            &[
+                "rm -rf /tmp/build",
+                "rm -rf build",
+                "rm / ",
+                "rm -f /etc/x",
+                "rm -rf /home/u/project",
+            ],
         );
         holds(
             "rm -rf /",
@@ -892,7 +918,11 @@ mod tests {
         assert!(hit(r"prog a\*b", "prog a*b"));
         assert!(!hit(r"prog a\*b", "prog aXb"));
         assert!(hit(r"prog x\|y", "prog x|y"));
-        for s in ["terraform destroy", "git push --force|-f", "rm -r|-R /|/*|~"] {
+        for s in [
+            "terraform destroy",
+            "git push --force|-f",
+            "rm -r|-R /|/*|~",
+        ] {
             let p = pat(s);
             assert_eq!(pat(p.text()), p, "{s}");
         }
@@ -904,8 +934,14 @@ mod tests {
         assert_eq!(err("   "), Some(PatternError::Empty));
         assert_eq!(err("a 'b"), Some(PatternError::Unclosed));
         assert_eq!(err("a b\\"), Some(PatternError::TrailingEscape));
-        assert!(matches!(err("terra* destroy"), Some(PatternError::Program(..))));
-        assert!(matches!(err("bin/terraform"), Some(PatternError::Program(..))));
+        assert!(matches!(
+            err("terra* destroy"),
+            Some(PatternError::Program(..))
+        ));
+        assert!(matches!(
+            err("bin/terraform"),
+            Some(PatternError::Program(..))
+        ));
         assert!(matches!(err("a|"), Some(PatternError::Program(..))));
         assert!(matches!(err("git push -f|x"), Some(PatternError::Word(..))));
         assert!(matches!(err("git push --f*"), Some(PatternError::Word(..))));
