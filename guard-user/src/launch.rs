@@ -525,6 +525,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         crate::commands::Rules::new(&profile.commands.hold, &ident.home)
             .map_err(|(p, e)| RunError::Usage(format!("commands.hold {p:?}: {e}")))?,
     );
+    if !rules.is_empty() {
+        not_enforced.push(
+            "[commands] hold against a thread that rewrites the arguments during the check (README: Destructive commands)",
+        );
+    }
     // The kernel's type information, parsed once for every program this run loads.
     let btf = aya::Btf::from_sys_fs().map_err(crate::exec::ExecError::Btf)?;
     let default_scope = profile.decisions.default_scope.unwrap_or_default();
