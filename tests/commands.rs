@@ -298,7 +298,13 @@ fn an_argument_rewritten_during_the_check_does_not_run_a_held_command() {
     let t = tf();
     let race = common::prog("exec_race");
     let prog = t.bin.join("terraform");
-    let script = format!("{} {} 1; {} {} 3000", race.display(), prog.display(), race.display(), prog.display());
+    let script = format!(
+        "{} {} 1; {} {} 3000",
+        race.display(),
+        prog.display(),
+        race.display(),
+        prog.display()
+    );
     let r = t.w.run(
         "cmd-race",
         &[],
@@ -308,8 +314,7 @@ fn an_argument_rewritten_during_the_check_does_not_run_a_held_command() {
     // The first hold (if the first exec read "destroy") or the first of the long run: deny it
     // for the whole session, so later reads of "destroy" fail at once.
     let h = wait_new_hold(&t.w, "cmd-race", &[]);
-    t.w
-        .decide("deny", h["id"].as_str().unwrap(), &["--scope", "session"]);
+    t.w.decide("deny", h["id"].as_str().unwrap(), &["--scope", "session"]);
     let out = r.finish(Duration::from_secs(300));
     let ran = t.ran();
     let destroyed = ran.iter().filter(|l| l.as_str() == "destroy").count();

@@ -6,7 +6,9 @@
 //! has rules). The supervisor reads the path the process passed, resolves it as the process
 //! would (its root and working directory, symbolic links followed) and looks at the names of
 //! the file (as given and as resolved). Only when one of them is a program some rule names does
-//! it read the argument vector and match: every other exec goes on after one path resolution.
+//! it read the argument vector and match: every other exec goes on after one lstat (a path whose
+//! last component is a symbolic link is resolved in full, so a link named otherwise is caught by
+//! the name of the program it leads to).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -128,6 +130,11 @@ impl ExecGuard {
         if given.starts_with(b"/") {
             paths.push(String::from_utf8_lossy(given).into_owned());
         }
+        let held_name = names.iter().any(|nm| self.rules.has_name(nm));
+        if !held_name && plain_file(pid, dirfd, given) {
+            // The fast path of every other exec: the name given is the file's own name.
+            return Look::Continue;
+        }
         // The file the kernel will run: symbolic links followed (unless AT_SYMLINK_NOFOLLOW,
         // which makes the kernel refuse a link), from the process's own root and cwd.
         let real = if given.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
@@ -147,7 +154,7 @@ impl ExecGuard {
             }
             paths.push(r.to_string_lossy().into_owned());
         }
-        if !names.iter().any(|nm| self.rules.has_name(nm)) {
+        if !held_name && !names.iter().any(|nm| self.rules.has_name(nm)) {
             return Look::Continue;
         }
         if real.is_none() {
@@ -269,6 +276,30 @@ enum ArgvError {
     Unreadable,
     /// More than we read.
     TooLong,
+}
+
+/// True when `path` (relative to `dirfd` of process `pid`) names something that is not a
+/// symbolic link: one lstat through the process's `/proc` handles. Anything else (a link, an
+/// error, `/proc/self`, which would be the supervisor's) needs the full resolution.
+fn plain_file(pid: u32, dirfd: i32, path: &[u8]) -> bool {
+    if path.is_empty() || path.starts_with(b"/proc/") {
+        return false;
+    }
+    let mut p = if path.starts_with(b"/") {
+        format!("/proc/{pid}/root").into_bytes()
+    } else if dirfd == libc::AT_FDCWD {
+        format!("/proc/{pid}/cwd/").into_bytes()
+    } else {
+        format!("/proc/{pid}/fd/{dirfd}/").into_bytes()
+    };
+    p.extend_from_slice(path);
+    let Ok(c) = std::ffi::CString::new(p) else {
+        return false;
+    };
+    // SAFETY: a zeroed stat is valid; c is a valid C string.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::lstat(c.as_ptr(), &mut st) };
+    r == 0 && st.st_mode & libc::S_IFMT != libc::S_IFLNK
 }
 
 /// Reads the NULL-terminated argument vector at `addr` of process `pid`.
