@@ -107,7 +107,7 @@ fn show_json_names_the_sources() {
     assert!(v["commands"]["hold"]
         .as_array()
         .unwrap()
-        .contains(&"terraform destroy".into()));
+        .contains(&"terraform|tofu destroy".into()));
 }
 
 #[test]

@@ -556,8 +556,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         not_enforced
             .push("[network] allow/inspect/hold (--net host: the host's network, unfiltered)");
     }
-    if !profile.commands.hold.is_empty() {
-        not_enforced.push("[commands] hold (commands are audited, not held)");
+    // `[commands] hold`: the exec guard, on the seccomp filter of either backend.
+    let rules = Arc::new(
+        crate::commands::Rules::new(&profile.commands.hold, &ident.home)
+            .map_err(|(p, e)| RunError::Usage(format!("commands.hold {p:?}: {e}")))?,
+    );
+    if !rules.is_empty() {
+        not_enforced.push(
+            "[commands] hold against a thread that rewrites the arguments during the check (README: Destructive commands)",
+        );
     }
     let default_scope = profile.decisions.default_scope.unwrap_or_default();
     let timeout = args
@@ -631,6 +638,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         notify: backend == Backend::Seccomp,
         notify_connect: !connect_held.is_empty(),
         notify_writes: prot.writes().is_some(),
+        notify_exec: !rules.is_empty(),
         allow_io_uring: profile.process.allow_io_uring,
         allow: profile.process.allow_syscalls.clone(),
         deny: profile.process.deny_syscalls.clone(),
@@ -710,7 +718,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                "profile": args.profile, "profile_sources": profile.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                "risk": {"must_survive": profile.risk.must_survive, "rollback": profile.risk.rollback},
                "protect_patterns": profile.files.protect_patterns.patterns(), "skipped_missing": skipped,
-               "not_enforced": not_enforced,
+               "not_enforced": not_enforced, "commands_hold": profile.commands.hold,
                "network": {"mode": net_name, "allow": allow, "inspect": net.inspect, "hold": net.hold,
                            "unknown_hosts": net.unknown_hosts.unwrap_or(crate::profile::UnknownHosts::Deny),
                            "hold_rules": proxy.as_ref().map(|p| p.rule_count()),
@@ -742,6 +750,13 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             ),
             NetMode::None => eprintln!("sandbox: no network (loopback only)"),
             NetMode::Host => eprintln!("sandbox: the host's network, unfiltered (--net host)"),
+        }
+        if !rules.is_empty() {
+            let n = profile.commands.hold.len();
+            eprintln!(
+                "sandbox: {n} command pattern{} held at exec (commands.hold)",
+                if n == 1 { "" } else { "s" }
+            );
         }
         for n in &not_enforced {
             eprintln!("sandbox: not enforced by this version: {n}");
@@ -833,7 +848,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         cmd,
         env,
         bpf,
-        notify: fopts.notify,
+        notify: fopts.notify || fopts.notify_exec,
         grants,
         mounts: Mounts {
             binds,
@@ -937,9 +952,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     // The command child reports that its guard is in place (handing over the seccomp listener
     // on that backend); without that nothing runs.
     let stop = Arc::new(crate::stop::Stop::new().map_err(sys_io("eventfd"))?);
-    let ready = match &lsm {
-        None => recv_fd(sup_end.as_raw_fd(), Duration::from_secs(30)).map(Some),
-        Some(_) => recv_ready(sup_end.as_raw_fd(), Duration::from_secs(30)).map(|()| None),
+    let ready = match fopts.notify || fopts.notify_exec {
+        true => recv_fd(sup_end.as_raw_fd(), Duration::from_secs(30)).map(Some),
+        false => recv_ready(sup_end.as_raw_fd(), Duration::from_secs(30)).map(|()| None),
     };
     let listener = match ready {
         Ok(l) => l,
@@ -977,6 +992,31 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     let worker;
     let mut seccomp_sup: Option<Arc<Supervisor>> = None;
+    // The exec guard shares the filter's listener (a duplicate fd: one filter, one listener).
+    let exec_guard = match (&listener, rules.is_empty()) {
+        (Some(fd), false) => Some(Arc::new(crate::commands::guard::ExecGuard {
+            session: session.clone(),
+            rules: rules.clone(),
+            holds: Holds::default(),
+            listener: Listener::new(fd.try_clone().map_err(sys_io("dup the seccomp listener"))?),
+            report: report.clone(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })),
+        _ => None,
+    };
+    // On the LSM backend the filter notifies exec calls only: the exec guard answers them.
+    let exec_worker = match (&lsm, &exec_guard) {
+        (Some(_), Some(g)) => {
+            let g2 = g.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("commands".into())
+                    .spawn(move || g2.run())
+                    .map_err(sys_io("spawn"))?,
+            )
+        }
+        _ => None,
+    };
     let file_decider: Arc<dyn Decider> = match (lsm.clone(), listener) {
         (Some(l), _) => {
             let stop = stop.clone();
@@ -996,6 +1036,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                 report: report.clone(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 connect: connect_held.clone(),
+                exec: exec_guard.clone(),
             });
             let s2 = sup.clone();
             worker = std::thread::Builder::new()
@@ -1007,12 +1048,16 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         }
         (None, None) => return Err(RunError::Child),
     };
-    let decider: Arc<dyn Decider> = match &proxy {
-        Some(p) => Arc::new(crate::hold::Deciders(vec![
-            file_decider,
-            p.clone() as Arc<dyn Decider>,
-        ])),
-        None => file_decider,
+    let mut deciders = vec![file_decider];
+    if let Some(g) = &exec_guard {
+        deciders.push(g.clone() as Arc<dyn Decider>);
+    }
+    if let Some(p) = &proxy {
+        deciders.push(p.clone() as Arc<dyn Decider>);
+    }
+    let decider: Arc<dyn Decider> = match deciders.len() {
+        1 => deciders.remove(0),
+        _ => Arc::new(crate::hold::Deciders(deciders)),
     };
 
     {
@@ -1105,6 +1150,20 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         }
     }
     let _ = worker.join();
+    if let (Some(g), Some(w)) = (&exec_guard, exec_worker) {
+        g.stop();
+        while !w.is_finished() {
+            // SAFETY: the thread is alive (not finished); SIGURG has a no-op handler.
+            unsafe {
+                libc::pthread_kill(
+                    std::os::unix::thread::JoinHandleExt::as_pthread_t(&w),
+                    libc::SIGURG,
+                )
+            };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = w.join();
+    }
     decider.end();
     if let Some((stop, thread)) = proxy_run {
         let _ = stop.send(());

@@ -2,6 +2,7 @@
 
 mod audit;
 mod cgroup;
+mod commands;
 mod control;
 mod doctor;
 mod exec;

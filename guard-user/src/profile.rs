@@ -539,10 +539,10 @@ pub struct Notify {
     pub webhook_secret_file: Option<PathBuf>,
 }
 
-/// The commands section (parsed; enforced by the exec guard).
+/// The commands section, enforced by the exec guard (`crate::commands`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Commands {
-    /// Command patterns whose execution is held (words separated by single spaces).
+    /// Command patterns whose execution is held, in canonical form (see `crate::commands`).
     pub hold: Vec<String>,
 }
 
@@ -565,7 +565,7 @@ pub struct Resolved {
     pub process: Process,
     /// Network (validated, not yet enforced).
     pub network: Network,
-    /// Held commands (validated, not yet enforced).
+    /// Held commands.
     pub commands: Commands,
     /// Webhook and other announcements.
     pub notify: Notify,
@@ -1097,11 +1097,10 @@ fn parse_layer(doc: &Doc, home: &Path) -> Result<Layer, ProfileError> {
 
     // Commands.
     for s in &raw.commands.hold {
-        let words: Vec<&str> = s.get_ref().split_whitespace().collect();
-        if words.is_empty() {
-            return Err(doc.error(s.span(), "empty command pattern"));
-        }
-        push_unique(&mut l.commands.hold, words.join(" "));
+        // Checked now (line and column); kept in canonical form, `~` expanded at run time.
+        let p = crate::commands::Pattern::parse(s.get_ref(), home)
+            .map_err(|e| doc.error(s.span(), e.to_string()))?;
+        push_unique(&mut l.commands.hold, p.text().to_string());
     }
 
     // Notify.
@@ -1664,7 +1663,14 @@ mod tests {
         assert!(!r.files.hidden.contains(&creds));
         assert!(r.files.writable.contains(&creds));
         assert!(r.process.keeps_env("AWS_SECRET_ACCESS_KEY"));
-        assert!(r.commands.hold.contains(&"terraform destroy".to_owned()));
+        assert!(r
+            .commands
+            .hold
+            .contains(&"terraform|tofu destroy".to_owned()));
+        assert!(r
+            .commands
+            .hold
+            .contains(&"terraform|tofu state rm|push".to_owned()));
         assert_eq!(r.network.mode, Some(NetMode::Proxy));
         assert_eq!(r.network.hold, vec!["cloud-deletes"]);
     }

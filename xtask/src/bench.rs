@@ -3,7 +3,8 @@
 //!
 //! Workloads: start-up (`true`), unlink-heavy (`rm -rf` of 50,000 files, on tmpfs and on disk;
 //! `git clean -fdx` of 20,000 files on disk), build-like (`make -j2` of a C project, `cargo
-//! build` of a Rust crate), exec-heavy (a shell loop running `/bin/true` 2,000 times), hold
+//! build` of a Rust crate), exec-heavy (a shell loop running `/bin/true` 2,000 times, also with
+//! the `default` profile's `[commands] hold` list), hold
 //! latency and supervisor memory (`holdbench`), and the proxy (`proxybench`). Peers (bwrap,
 //! firejail, srt; `scripts/install-bench-peers.sh`) run the start-up and `rm -rf` workloads where
 //! they are installed and work; the report notes those that are not. Everything happens in a
@@ -197,6 +198,7 @@ pub fn run(opts: &Options) -> Result<()> {
     rows.extend(b.unlink("disk", &disk, reps.unlink, &peers)?);
     rows.extend(b.git_clean(&disk, &prot, &git, reps.git)?);
     rows.extend(b.exec(&disk, reps.exec)?);
+    rows.extend(b.exec_commands(&disk, reps.exec)?);
     extra.extend(crate::proxybench::run(
         &b.root,
         &b.sandbox,
@@ -1047,6 +1049,44 @@ impl Bench {
         }
         let samples = alternate("exec-heavy", &invs, reps, |_, inv| self.spawn(inv))?;
         let name = "exec-heavy: 2,000 x `/bin/true` from `sh`";
+        Ok(vec![
+            row(name, "loop only", &samples, |s| s.inner)?,
+            row(name, "whole run", &samples, |s| Some(s.outer))?,
+        ])
+    }
+}
+
+impl Bench {
+    /// Exec-heavy with `[commands] hold`: the same loop under a profile holding the `default`
+    /// profile's command list (none of which names `/bin/true` or `sh`), against bare. Compare its
+    /// sandbox/bare ratio with the plain exec-heavy row's: the difference is what the exec check
+    /// costs commands that no rule names.
+    fn exec_commands(&mut self, disk: &Path, reps: usize) -> Result<Vec<Row>> {
+        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), EXEC_LOOP.into()];
+        let prot = protected_dir(disk)?;
+        let default = fs::read_to_string(self.root.join("profiles/default.toml"))
+            .context("reading profiles/default.toml")?;
+        let commands = default
+            .find("[commands]")
+            .map(|i| &default[i..])
+            .context("profiles/default.toml has no [commands] table")?;
+        let profile = self.scratch.base.join("commands.toml");
+        fs::write(&profile, format!("description = \"bench\"\n{commands}"))?;
+        let mut invs = Vec::new();
+        for v in [Variant::Bare, Variant::Sandbox] {
+            let mut inv = self.invocation(v, &argv, Some(&prot), true)?;
+            if v == Variant::Sandbox {
+                // `run --profile FILE ...`: right after the subcommand.
+                inv.args.insert(1, "--profile".into());
+                inv.args.insert(2, profile.clone().into());
+            }
+            self.record(format!("exec-heavy with commands.hold, {}", v.name()), &inv);
+            invs.push((v, inv));
+        }
+        let samples = alternate("exec-heavy, commands.hold", &invs, reps, |_, inv| {
+            self.spawn(inv)
+        })?;
+        let name = "exec-heavy: 2,000 x `/bin/true` from `sh`, `[commands] hold` as in `default`";
         Ok(vec![
             row(name, "loop only", &samples, |s| s.inner)?,
             row(name, "whole run", &samples, |s| Some(s.outer))?,

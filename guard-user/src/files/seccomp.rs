@@ -35,6 +35,8 @@ pub const HELD: &[&str] = &[
 ];
 /// System calls that go to the supervisor when their flags argument has O_TRUNC: (name, arg index).
 pub const HELD_IF_TRUNC: &[(&str, u32)] = &[("open", 1), ("openat", 2)];
+/// The exec calls the exec guard answers (`[commands] hold`).
+pub const EXEC: &[&str] = &["execve", "execveat"];
 /// io_uring: its operations are invisible to seccomp, so it is refused unless a profile allows it
 /// (on the LSM backend the hooks see io_uring workers and refuse them).
 pub const IO_URING: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
@@ -88,6 +90,8 @@ pub struct FilterOpts {
     pub notify_connect: bool,
     /// Send every write-open and creation to the supervisor too (`protect_writes`).
     pub notify_writes: bool,
+    /// Send execve/execveat to the supervisor (`[commands] hold`; on either backend).
+    pub notify_exec: bool,
     /// Let io_uring be set up (never on the seccomp backend).
     pub allow_io_uring: bool,
     /// Baseline calls the profile allows after all.
@@ -142,6 +146,12 @@ pub fn build(opts: &FilterOpts) -> Result<Vec<u8>, FilesError> {
     if opts.notify && opts.notify_connect {
         let sc = ScmpSyscall::from_name("connect").map_err(err)?;
         f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
+    }
+    if opts.notify_exec {
+        for name in EXEC {
+            let sc = ScmpSyscall::from_name(name).map_err(err)?;
+            f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
+        }
     }
     let eperm = ScmpAction::Errno(libc::EPERM);
     let allowed = |name: &str| opts.allow.iter().any(|a| a == name);

@@ -371,6 +371,8 @@ pub struct Supervisor {
     pub stopping: std::sync::atomic::AtomicBool,
     /// `hold_connect` endpoints (with `--net host`; empty otherwise).
     pub connect: Vec<crate::netguard::Endpoint>,
+    /// The exec guard, which answers execve/execveat (`[commands] hold`).
+    pub exec: Option<Arc<crate::commands::guard::ExecGuard>>,
 }
 
 /// What to do with a notification.
@@ -417,6 +419,15 @@ impl Supervisor {
     fn handle(&self, n: &Notif) {
         let a = n.data.args;
         let nr = n.data.nr as i64;
+        if crate::commands::guard::is_exec(nr) {
+            match &self.exec {
+                Some(g) => g.handle(n),
+                None => {
+                    let _ = self.listener.allow(n.id);
+                }
+            }
+            return;
+        }
         let action = match nr {
             libc::SYS_unlink => self.unlink(n.pid, libc::AT_FDCWD, a[0], 0),
             libc::SYS_rmdir => self.unlink(n.pid, libc::AT_FDCWD, a[0], libc::AT_REMOVEDIR),
