@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{count_files, decide_first, deny_all, make_tree, text, World};
+use common::{count_files, decide_each, decide_first, deny_all, make_tree, text, World};
 
 const T: Duration = Duration::from_secs(120);
 const LSM: &[&str] = &["--backend", "lsm"];
@@ -430,28 +430,6 @@ fn lsm_connect_to_a_held_endpoint_is_held_denied_then_approved() {
     );
 }
 
-/// Runs `script` in session `session` with `opts`, deciding every hold with `verb` as it comes.
-fn decide_each(
-    w: &World,
-    session: &str,
-    opts: &[&str],
-    verb: &str,
-    script: &str,
-) -> (Vec<serde_json::Value>, std::process::Output) {
-    let mut r = w.run(session, &[], opts, script);
-    let mut seen = Vec::new();
-    let t0 = Instant::now();
-    while r.child.try_wait().unwrap().is_none() {
-        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
-            w.decide(verb, h["id"].as_str().unwrap(), &["--scope", "once"]);
-            seen.push(h);
-        }
-        assert!(t0.elapsed() < T, "session {session} did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (seen, r.finish(T))
-}
-
 #[test]
 fn lsm_name_patterns_hold_matching_names_anywhere_and_below_them() {
     if !lsm_available() {
@@ -475,13 +453,8 @@ fn lsm_name_patterns_hold_matching_names_anywhere_and_below_them() {
         bak = bak.display(),
         repo = w.work.join("repo").display()
     );
-    let (holds, out) = decide_each(
-        &w,
-        "lsm-pat",
-        &["--backend", "lsm", "--profile", &p],
-        "deny",
-        &script,
-    );
+    let opts = ["--backend", "lsm", "--profile", p.as_str()];
+    let (holds, out) = decide_each(&w, "lsm-pat", &[], &opts, "deny", &script);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("end"),
         "{}",
@@ -522,13 +495,7 @@ fn lsm_name_patterns_hold_matching_names_anywhere_and_below_them() {
         head = head.display(),
         packed = packed.display()
     );
-    let (holds, out) = decide_each(
-        &w,
-        "lsm-pat-git",
-        &["--backend", "lsm", "--profile", &p],
-        "deny",
-        &script,
-    );
+    let (holds, out) = decide_each(&w, "lsm-pat-git", &[], &opts, "deny", &script);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("end"),
         "{}",
@@ -560,7 +527,7 @@ fn lsm_protect_writes_holds_write_opens_and_creations() {
         free = free.display(),
         v = vault.display()
     );
-    let (holds, out) = decide_each(&w, "lsm-wdeny", &opts, "deny", &script);
+    let (holds, out) = decide_each(&w, "lsm-wdeny", &[], &opts, "deny", &script);
     let o = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(
         o.lines().collect::<Vec<_>>(),
@@ -597,7 +564,7 @@ fn lsm_protect_writes_holds_write_opens_and_creations() {
         log = log.display(),
         v = vault.display()
     );
-    let (holds, out) = decide_each(&w, "lsm-wallow", &opts, "approve", &script);
+    let (holds, out) = decide_each(&w, "lsm-wallow", &[], &opts, "approve", &script);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("end"),
         "{}",

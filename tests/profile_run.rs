@@ -300,29 +300,6 @@ fn cargo_build_runs_under_the_default_profile() {
     );
 }
 
-/// Runs `script` under profile `p`, deciding every hold of `session` with `verb` as it comes;
-/// returns (the holds, the output).
-fn decide_all(
-    w: &World,
-    p: &str,
-    session: &str,
-    verb: &str,
-    script: &str,
-) -> (Vec<serde_json::Value>, std::process::Output) {
-    let mut r = w.run(session, &[], &["--profile", p], script);
-    let mut seen = Vec::new();
-    let t0 = std::time::Instant::now();
-    while r.child.try_wait().unwrap().is_none() {
-        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
-            w.decide(verb, h["id"].as_str().unwrap(), &["--scope", "once"]);
-            seen.push(h);
-        }
-        assert!(t0.elapsed() < T, "session {session} did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (seen, r.finish(T))
-}
-
 fn sqlite(db: &std::path::Path, sql: &str) -> String {
     let o = std::process::Command::new("sqlite3")
         .arg(db)
@@ -348,7 +325,7 @@ fn protect_writes_holds_a_sqlite_drop_table_and_denied_leaves_the_table() {
         &format!("[files]\nprotect_writes = [\"{}\"]\n", db.display()),
     );
     let script = format!("sqlite3 {} 'DROP TABLE t'; echo rc=$?", db.display());
-    let (holds, out) = decide_all(&w, &p, "pwdeny", "deny", &script);
+    let (holds, out) = common::decide_each(&w, "pwdeny", &[], &["--profile", &p], "deny", &script);
     assert!(!holds.is_empty(), "{}", text(&out));
     for h in &holds {
         assert_eq!(h["kind"], "write", "{h}");
@@ -361,7 +338,8 @@ fn protect_writes_holds_a_sqlite_drop_table_and_denied_leaves_the_table() {
     assert!(!text(&out).contains("rc=0"), "{}", text(&out));
     assert_eq!(sqlite(&db, "SELECT x FROM t"), "42");
 
-    let (holds, out) = decide_all(&w, &p, "pwallow", "approve", &script);
+    let (holds, out) =
+        common::decide_each(&w, "pwallow", &[], &["--profile", &p], "approve", &script);
     assert!(!holds.is_empty(), "{}", text(&out));
     assert!(text(&out).contains("rc=0"), "{}", text(&out));
     assert_eq!(
@@ -392,7 +370,7 @@ fn protect_writes_holds_appends_and_creations_but_not_reads_or_neighbours() {
          echo end",
         b = base.display()
     );
-    let (holds, out) = decide_all(&w, &p, "pwplain", "deny", &script);
+    let (holds, out) = common::decide_each(&w, "pwplain", &[], &["--profile", &p], "deny", &script);
     let o = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(

@@ -191,14 +191,27 @@ pub fn deny_all(
     prot: &Path,
     script: &str,
 ) -> (Vec<Value>, Output) {
+    decide_each(w, session, &[prot], extra, "deny", script)
+}
+
+/// Runs `script` in session `session` (protecting `protect`, with `extra` options), deciding
+/// every hold with `verb` (scope once) as it comes; returns (the holds, the output).
+pub fn decide_each(
+    w: &World,
+    session: &str,
+    protect: &[&Path],
+    extra: &[&str],
+    verb: &str,
+    script: &str,
+) -> (Vec<Value>, Output) {
     let timeout = Duration::from_secs(120);
-    let mut r = w.run(session, &[prot], extra, script);
+    let mut r = w.run(session, protect, extra, script);
     let mut seen = Vec::new();
     let t0 = Instant::now();
     loop {
         for h in w.pending().into_iter().filter(|h| h["session"] == session) {
             w.decide(
-                "deny",
+                verb,
                 h["id"].as_str().expect("hold id"),
                 &["--scope", "once"],
             );

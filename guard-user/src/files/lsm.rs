@@ -277,30 +277,6 @@ fn key(path: &std::path::Path) -> Result<InodeKey, LsmError> {
     })
 }
 
-/// Regular files at or below `root` with more than one hard link, by kernel inode key.
-fn linked_below(root: &std::path::Path) -> Vec<(InodeKey, PathBuf)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if md.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
-            }
-        } else if md.is_file() && md.nlink() > 1 {
-            let k = InodeKey {
-                dev: kernel_dev(md.dev()),
-                _pad: 0,
-                ino: md.ino(),
-            };
-            out.push((k, p));
-        }
-    }
-    out
-}
-
 /// Writes the name patterns (`NAME_PATTERNS`) and the settings (`CONFIG`) of the programs.
 fn fill_patterns(ebpf: &mut Ebpf, prot: &Protection) -> Result<(), LsmError> {
     let mut names: HashMap<&mut MapData, u64, u32> = HashMap::try_from(
@@ -381,7 +357,12 @@ impl LsmSupervisor {
         }
         check_patterns(&prot).map_err(LsmError::Pattern)?;
         let mut ebpf = load_object(btf)?;
-        for &hook in HOOKS {
+        let write_hooks = if prot.writes().is_some() {
+            WRITE_HOOKS
+        } else {
+            &[]
+        };
+        for &hook in HOOKS.iter().chain(write_hooks) {
             if OPTIONAL_HOOKS.contains(&hook) && !hook_exists(btf, hook) {
                 tracing::info!(hook, "LSM hook not in this kernel; skipped");
                 continue;
@@ -394,18 +375,6 @@ impl LsmSupervisor {
                 .map_err(err)?;
             p.load(hook, btf).map_err(err)?;
             p.attach().map_err(err)?;
-        }
-        if prot.writes().is_some() {
-            for &hook in WRITE_HOOKS {
-                let err = |source| LsmError::Program { name: hook, source };
-                let p: &mut Lsm = ebpf
-                    .program_mut(hook)
-                    .ok_or(LsmError::Missing("an LSM program"))?
-                    .try_into()
-                    .map_err(err)?;
-                p.load(hook, btf).map_err(err)?;
-                p.attach().map_err(err)?;
-            }
         }
         if !connect.is_empty() {
             let hook = "socket_connect";
@@ -481,7 +450,15 @@ impl LsmSupervisor {
                     }
                 }
                 // Files with other hard links: writing through another name is held too.
-                for (k, _) in linked_below(wr) {
+                for (_, md) in super::multi_linked(wr)
+                    .into_iter()
+                    .filter(|(_, m)| m.is_file())
+                {
+                    let k = InodeKey {
+                        dev: kernel_dev(md.dev()),
+                        _pad: 0,
+                        ino: md.ino(),
+                    };
                     write_dirs
                         .insert(k, outer | WRITE_LINK, 0)
                         .map_err(map_err("WRITE_DIRS"))?;
@@ -574,7 +551,7 @@ impl LsmSupervisor {
             .unwrap_or_default();
         let path = if pattern {
             // Matched by name: the path is what the names say (cut after MAX_NAMES levels).
-            PathBuf::from(partial_path(&own))
+            PathBuf::from(full_path(&own, r.dev))
         } else if r.flags & HOLD_ANCESTOR != 0 {
             self.ancestor_paths
                 .get(&(r.dev, r.ino))
@@ -587,7 +564,7 @@ impl LsmSupervisor {
             }
             p
         } else {
-            PathBuf::from(partial_path(&own))
+            PathBuf::from(full_path(&own, r.dev))
         };
         let mut target = path.display().to_string();
         if r.flags & HOLD_LINK != 0 {
@@ -683,6 +660,32 @@ impl LsmSupervisor {
     pub fn unregister(&self, cgroup_id: u64) {
         let _ = self.maps().sessions.remove(&cgroup_id);
     }
+}
+
+/// The path of an object from its dentry names (innermost first) on the file system with kernel
+/// device `dev`: the names stop at that file system's root, so a complete list is prefixed with
+/// where it is mounted (its first mount of its own root, from /proc/self/mountinfo).
+fn full_path(names: &[String], dev: u32) -> String {
+    let p = partial_path(names);
+    if p.starts_with('…') {
+        return p;
+    }
+    match mount_point_of(dev) {
+        Some(m) if m != std::path::Path::new("/") => format!("{}{p}", m.display()),
+        _ => p,
+    }
+}
+
+/// Where the root of the file system with kernel device `dev` is mounted.
+fn mount_point_of(dev: u32) -> Option<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (maj, min) = f.get(2)?.split_once(':')?;
+        let kdev = (maj.parse::<u32>().ok()? << 20) | min.parse::<u32>().ok()?;
+        let mount = f.get(4)?;
+        (kdev == dev && f.get(3) == Some(&"/")).then(|| PathBuf::from(mount))
+    })
 }
 
 /// A path from the dentry names of a hold record (innermost first). When the walk reached its

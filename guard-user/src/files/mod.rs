@@ -69,6 +69,49 @@ pub enum Class {
     Protected(usize),
 }
 
+/// Canonicalizes `paths` (each must exist), sorted and without repeats.
+fn canonical(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
+    let mut roots = paths
+        .iter()
+        .map(|p| {
+            std::fs::canonicalize(p).map_err(|source| FilesError::Protect {
+                path: p.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    roots.sort();
+    roots.dedup();
+    Ok(roots)
+}
+
+/// Every proper ancestor of `roots`.
+pub(crate) fn ancestors_of(roots: &[PathBuf]) -> HashSet<PathBuf> {
+    roots
+        .iter()
+        .flat_map(|r| r.ancestors().skip(1).map(Path::to_path_buf))
+        .collect()
+}
+
+/// Files at or below `root` (symbolic links not followed) with more than one hard link.
+pub(crate) fn multi_linked(root: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if md.nlink() > 1 {
+            out.push((p, md));
+        }
+    }
+    out
+}
+
 /// The protected roots of a session.
 #[derive(Debug)]
 pub struct Protection {
@@ -144,29 +187,13 @@ impl Protection {
         paths: &[PathBuf],
         patterns: Option<crate::profile::PatternSet>,
     ) -> Result<Self, FilesError> {
-        let mut roots: Vec<PathBuf> = Vec::new();
-        for p in paths {
-            let c = std::fs::canonicalize(p).map_err(|source| FilesError::Protect {
-                path: p.clone(),
-                source,
-            })?;
-            roots.push(c);
-        }
-        roots.sort();
-        roots.dedup();
+        let roots = canonical(paths)?;
         let outer: Vec<PathBuf> = roots
             .iter()
             .filter(|r| !roots.iter().any(|o| o != *r && r.starts_with(o)))
             .cloned()
             .collect();
-        let mut ancestors = HashSet::new();
-        for r in &outer {
-            let mut a = r.parent();
-            while let Some(p) = a {
-                ancestors.insert(p.to_path_buf());
-                a = p.parent();
-            }
-        }
+        let ancestors = ancestors_of(&outer);
         let prot = Protection {
             roots: outer,
             ancestors,
@@ -190,24 +217,8 @@ impl Protection {
         if paths.is_empty() && patterns.is_none() {
             return Ok(self);
         }
-        let mut roots = Vec::new();
-        for p in paths {
-            let c = std::fs::canonicalize(p).map_err(|source| FilesError::Protect {
-                path: p.clone(),
-                source,
-            })?;
-            roots.push(c);
-        }
-        roots.sort();
-        roots.dedup();
-        let mut ancestors = HashSet::new();
-        for r in &roots {
-            let mut a = r.parent();
-            while let Some(p) = a {
-                ancestors.insert(p.to_path_buf());
-                a = p.parent();
-            }
-        }
+        let roots = canonical(paths)?;
+        let ancestors = ancestors_of(&roots);
         self.writes = Some(Writes {
             roots,
             ancestors,
@@ -364,18 +375,8 @@ impl Protection {
     /// Records every file below the roots that already has more than one hard link.
     fn scan_links(&self) {
         for (i, r) in self.roots.iter().enumerate() {
-            let mut stack = vec![r.clone()];
-            while let Some(p) = stack.pop() {
-                let Ok(md) = std::fs::symlink_metadata(&p) else {
-                    continue;
-                };
-                if md.is_dir() {
-                    if let Ok(rd) = std::fs::read_dir(&p) {
-                        stack.extend(rd.flatten().map(|e| e.path()));
-                    }
-                } else if md.nlink() > 1 {
-                    self.add_linked(md.dev(), md.ino(), i);
-                }
+            for (_, md) in multi_linked(r) {
+                self.add_linked(md.dev(), md.ino(), i);
             }
         }
     }
@@ -387,14 +388,7 @@ mod tests {
 
     fn prot(roots: &[&str]) -> Protection {
         let roots: Vec<PathBuf> = roots.iter().map(PathBuf::from).collect();
-        let mut ancestors = HashSet::new();
-        for r in &roots {
-            let mut a = r.parent();
-            while let Some(p) = a {
-                ancestors.insert(p.to_path_buf());
-                a = p.parent();
-            }
-        }
+        let ancestors = ancestors_of(&roots);
         Protection {
             roots,
             ancestors,
