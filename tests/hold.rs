@@ -652,3 +652,32 @@ fn a_dead_webhook_delays_nothing_and_is_logged() {
     assert!(!failed.is_empty(), "the failed deliveries are logged");
     assert_eq!(failed[0]["attempts"], 5, "{failed:?}");
 }
+
+#[test]
+fn relative_multi_component_removals_go_on_and_a_symlinked_one_never_destroys() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let keep = w.file("p/keep", "keep");
+    let free = w.file("a/b/free", "x");
+    std::os::unix::fs::symlink(&prot, w.work.join("link")).unwrap();
+    common::chown(&w.work.join("link"));
+    // Lexically `link/keep` is unprotected; Landlock refuses the removal itself, or it is held
+    // (then denied): either way the file stays.
+    let (holds, out) = deny_all(
+        &w,
+        &[],
+        "multi",
+        &prot,
+        &format!(
+            "cd {}; rm a/b/free && echo freed; rm link/keep; echo end",
+            w.work.display()
+        ),
+    );
+    let o = String::from_utf8_lossy(&out.stdout);
+    assert!(o.contains("freed") && o.contains("end"), "{}", text(&out));
+    assert!(!free.exists());
+    assert!(keep.exists(), "holds {holds:?}");
+}
