@@ -379,3 +379,40 @@ fn doctor_reports_the_backend_and_lsm_refusal_gives_125() {
         );
     }
 }
+
+#[test]
+fn a_session_wide_approval_needs_confirmation() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let a = w.file("p/a", "1");
+    let b = w.file("p/b", "2");
+    let r = w.run(
+        "wide",
+        &[&prot],
+        &[],
+        &format!("rm {}; rm {}", a.display(), b.display()),
+    );
+    let h = w.wait_hold("wide", T);
+    let id = h["id"].as_str().unwrap();
+    // Not on a terminal and without --yes: refused (exit 2), the hold stays.
+    let out = w
+        .cmd(&["approve", id, "--scope", "session"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{}",
+        text(&out)
+    );
+    assert!(w.pending().iter().any(|p| p["id"] == id));
+    // With --yes both removals go on (the second without a hold).
+    w.decide("approve", id, &["--scope", "session", "--yes"]);
+    let out = r.finish(T);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!a.exists() && !b.exists());
+}

@@ -61,6 +61,10 @@ enum Cmd {
         /// How long a standing decision lasts (e.g. 30s, 10m).
         #[arg(long = "for", value_name = "DUR", value_parser = hold::parse_duration)]
         for_: Option<std::time::Duration>,
+        /// Confirm a session-wide approval without being asked (otherwise asked on a terminal,
+        /// refused elsewhere).
+        #[arg(long)]
+        yes: bool,
     },
     /// Deny a held operation: it fails with "Operation not permitted".
     Deny {
@@ -99,6 +103,25 @@ enum Cmd {
     Profile(profile::ProfileCmd),
 }
 
+/// A session-wide approval lets everything the session holds from now on go on: it is asked
+/// for on a terminal, and refused without `--yes` elsewhere.
+fn confirm_session_wide(id: &str, scope: Option<hold::Scope>, yes: bool) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if scope != Some(hold::Scope::Session) || yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "--scope session approves everything the session holds from now on: confirm with --yes (or run it on a terminal to be asked)"
+        );
+    }
+    eprint!("Approve hold {id} and everything its session holds from now on? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -129,9 +152,20 @@ fn main() -> ExitCode {
         Cmd::Pending { session, json } => {
             control::cmd_pending(session.as_deref(), json).map_err(|e| (1, e.into()))
         }
-        Cmd::Approve { id, scope, for_ } => {
-            control::cmd_decide(&id, hold::Verdict::Allow, scope, for_).map_err(|e| (1, e.into()))
-        }
+        Cmd::Approve {
+            id,
+            scope,
+            for_,
+            yes,
+        } => match confirm_session_wide(&id, scope, yes) {
+            Ok(true) => control::cmd_decide(&id, hold::Verdict::Allow, scope, for_)
+                .map_err(|e| (1, e.into())),
+            Ok(false) => {
+                eprintln!("sandbox: not approved");
+                Ok(1)
+            }
+            Err(e) => Err((2, e)),
+        },
         Cmd::Deny { id, scope, for_ } => {
             control::cmd_decide(&id, hold::Verdict::Deny, scope, for_).map_err(|e| (1, e.into()))
         }
