@@ -14,6 +14,31 @@ pub const EXEC_ARGS_LEN: usize = 512;
 /// No flag is defined yet; a watched cgroup with flags `0` is observed only.
 pub type SessionFlags = u32;
 
+/// `ExecRecord::flags`: one of the program's names is in `HELD_NAMES`: the eBPF program stopped
+/// the new image (SIGSTOP, before its first instruction) and recorded it in `HELD_PIDS`; the user
+/// side decides whether it goes on.
+pub const EXEC_STOPPED: u32 = 1;
+/// `ExecRecord::flags`: a script was run (`bprm->interp` is not `bprm->filename`): the argument
+/// area starts with the interpreter, then the script's path.
+pub const EXEC_SCRIPT: u32 = 2;
+
+/// How many bytes of a program's name `HELD_NAMES` keys on: what the kernel keeps in `comm`
+/// (TASK_COMM_LEN - 1). Longer names share a key with every name of the same first 15 bytes:
+/// such an exec is stopped and the user side matches the whole name.
+pub const EXEC_NAME_LEN: usize = 15;
+
+/// The key of a program name in `HELD_NAMES`: FNV-1a 64 over its first [`EXEC_NAME_LEN`]
+/// bytes (up to a NUL), as `c/exec_read.c` computes it.
+pub const fn exec_name_hash(name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < name.len() && i < EXEC_NAME_LEN && name[i] != 0 {
+        h = (h ^ name[i] as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
+}
+
 /// One exec inside a watched cgroup, as the eBPF program writes it into the `EXEC_EVENTS` ring
 /// buffer.
 #[repr(C)]
@@ -32,6 +57,10 @@ pub struct ExecRecord {
     pub uid: u32,
     /// Flags of the watched cgroup from `SESSION_CGROUPS`.
     pub session_flags: SessionFlags,
+    /// `EXEC_STOPPED`, `EXEC_SCRIPT`.
+    pub flags: u32,
+    /// Always 0 (keeps the record free of implicit padding).
+    pub reserved: u32,
     /// Number of valid bytes in `filename`, without the terminating NUL.
     pub filename_len: u32,
     /// Number of valid bytes in `args`.
@@ -54,6 +83,8 @@ impl ExecRecord {
         ppid: 0,
         uid: 0,
         session_flags: 0,
+        flags: 0,
+        reserved: 0,
         filename_len: 0,
         args_len: 0,
         args_total_len: 0,
@@ -64,7 +95,7 @@ impl ExecRecord {
 
 // The layout is part of the kernel/user contract: no implicit padding anywhere.
 const _: () =
-    assert!(core::mem::size_of::<ExecRecord>() == 8 + 8 * 4 + EXEC_FILENAME_LEN + EXEC_ARGS_LEN);
+    assert!(core::mem::size_of::<ExecRecord>() == 8 + 10 * 4 + EXEC_FILENAME_LEN + EXEC_ARGS_LEN);
 const _: () =
     assert!(core::mem::size_of::<ExecRecord>().is_multiple_of(core::mem::align_of::<ExecRecord>()));
 const _: () = assert!(EXEC_ARGS_LEN.is_power_of_two());

@@ -2,6 +2,7 @@
 
 use core::{ffi::c_void, ptr::addr_of_mut};
 
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_send_signal};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -10,12 +11,17 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use guard_common::exec::{ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN};
+use guard_common::exec::{ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT, EXEC_STOPPED};
 
 use crate::{
-    kernel::{guard_bprm_filename, guard_task_arg_range, guard_task_ppid},
-    maps::{EXEC_EVENTS, EXEC_LOST, SESSION_CGROUPS},
+    kernel::{
+        guard_bprm_filename, guard_exec_hashes, guard_task_arg_range, guard_task_ppid, ExecHashes,
+    },
+    maps::{EXEC_EVENTS, EXEC_LOST, HELD_NAMES, HELD_PIDS, SESSION_CGROUPS},
 };
+
+const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`: runs in
 /// the context of the task after the new image is in place and before its first instruction, so
@@ -37,14 +43,62 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
 
     let task: *const c_void = ctx.arg(0);
     let bprm: *const c_void = ctx.arg(2);
+    let pid_tgid = bpf_get_current_pid_tgid();
+
+    // `[commands] hold`: a program one of whose names a rule names is stopped here, after the
+    // point of no return and before its first instruction; the user side reads its (now
+    // immutable) argument vector and decides. Other programs are not touched.
+    let mut flags = 0u32;
+    let mut hashes = ExecHashes { h: [0; 3] };
+    // The verifier passes only scalars to a global function's integer arguments: launder the
+    // tracepoint's trusted pointers through a probe read of their own stack slots.
+    let slots = [task, bprm];
+    // SAFETY: reads 16 bytes of this program's stack.
+    let addrs =
+        unsafe { bpf_probe_read_kernel(&slots as *const [*const c_void; 2] as *const [u64; 2]) }
+            .unwrap_or([0, 0]);
+    // SAFETY: the addresses are only read through bpf_probe_read_kernel on the C side; `hashes`
+    // is a valid out-pointer.
+    let kind = unsafe { guard_exec_hashes(addrs[0], addrs[1], &mut hashes) };
+    if kind == 1 {
+        flags |= EXEC_SCRIPT;
+    }
+    let mut held = false;
+    for h in hashes.h {
+        // SAFETY: a lookup; the value is not kept.
+        if h != 0 && unsafe { HELD_NAMES.get(h) }.is_some() {
+            held = true;
+        }
+    }
+    if held {
+        let pid = (pid_tgid >> 32) as u32;
+        // Recorded before the signal: from the moment the process can be stopped, no SIGCONT
+        // from the sandbox passes the supervisor's check.
+        if HELD_PIDS.insert(pid, 1, 0).is_err() {
+            // SAFETY: a helper with a constant signal number.
+            unsafe { bpf_send_signal(SIGKILL) };
+            return Ok(0);
+        }
+        flags |= EXEC_STOPPED;
+    }
 
     // The record (about 800 bytes) is larger than the eBPF stack: fill it in place.
     let Some(mut entry) = EXEC_EVENTS.reserve::<ExecRecord>(0) else {
         count_lost();
+        if held {
+            // Nobody would hear of the stop: fail closed.
+            // SAFETY: a helper with a constant signal number.
+            unsafe { bpf_send_signal(SIGKILL) };
+        }
         return Ok(0);
     };
+    if held {
+        // Delivered on the way back to user mode: the new image runs no instruction before
+        // the user side sends SIGCONT.
+        // SAFETY: a helper with a constant signal number.
+        unsafe { bpf_send_signal(SIGSTOP) };
+    }
     let rec: *mut ExecRecord = entry.as_mut_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
 
     // SAFETY: `rec` points to reserved ring buffer memory of the record's size; fields are plain
@@ -57,6 +111,8 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         (*rec).ppid = guard_task_ppid(task);
         (*rec).uid = uid_gid as u32;
         (*rec).session_flags = session_flags;
+        (*rec).flags = flags;
+        (*rec).reserved = 0;
 
         let filename = guard_bprm_filename(bprm);
         let n = if filename.is_null() {

@@ -94,3 +94,15 @@ pub static HELD_CONNECT6: LpmTrie<[u8; 18], u8> = LpmTrie::with_max_entries(1024
 /// The supervisor's process id at index 0: its connects on a process's behalf pass the backstop.
 #[map]
 pub static NET_SUPERVISOR: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Program names `[commands] hold` names: `guard_common::exec::exec_name_hash` of each to 1.
+/// Written by the user side before the session's first exec; empty when nothing is held. The
+/// exec program is loaded per session, so these are this session's names.
+#[map]
+pub static HELD_NAMES: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Processes the exec program stopped for a check (process id to 1), entered before the stop
+/// signal is sent. The user side removes an entry when it lets the process go on or kills it;
+/// until then no SIGCONT from the sandbox reaches the process (the supervisor checks here).
+#[map]
+pub static HELD_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);

@@ -21,7 +21,10 @@ use aya::{
     programs::{BtfTracePoint, ProgramError},
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
 };
-use guard_common::exec::{ExecRecord, SessionFlags, EXEC_ARGS_LEN, EXEC_FILENAME_LEN};
+use guard_common::exec::{
+    exec_name_hash, ExecRecord, SessionFlags, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT,
+    EXEC_STOPPED,
+};
 use serde::Serialize;
 
 /// The eBPF object with all of Guard's kernel-side programs.
@@ -36,6 +39,14 @@ const SESSION_CGROUPS: &str = "SESSION_CGROUPS";
 const EXEC_EVENTS: &str = "EXEC_EVENTS";
 /// Per-CPU count of records dropped because the ring buffer was full.
 const EXEC_LOST: &str = "EXEC_LOST";
+/// Hashes of the program names `[commands] hold` names.
+const HELD_NAMES: &str = "HELD_NAMES";
+/// Processes stopped at exec for a check.
+const HELD_PIDS: &str = "HELD_PIDS";
+
+/// The processes the exec program stopped for a check (`HELD_PIDS`): shared by the exec thread
+/// and the command guard.
+pub type HeldPids = HashMap<MapData, u32, u32>;
 
 /// Errors of the exec observer.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +93,10 @@ pub struct ExecObserver {
     events: RingBuf<MapData>,
     /// Dropped events, per CPU.
     lost: PerCpuArray<MapData, u64>,
+    /// Held program names.
+    names: HashMap<MapData, u64, u32>,
+    /// Stopped processes; taken once by [`ExecObserver::take_held_pids`].
+    held: Option<HeldPids>,
     /// Owns the program and its link; declared last so the maps above are closed first.
     _ebpf: Ebpf,
 }
@@ -135,10 +150,17 @@ impl ExecObserver {
         let lost =
             PerCpuArray::try_from(take_map(&mut ebpf, EXEC_LOST)?).map_err(map_err(EXEC_LOST))?;
 
+        let names =
+            HashMap::try_from(take_map(&mut ebpf, HELD_NAMES)?).map_err(map_err(HELD_NAMES))?;
+        let held =
+            HashMap::try_from(take_map(&mut ebpf, HELD_PIDS)?).map_err(map_err(HELD_PIDS))?;
+
         Ok(Self {
             sessions,
             events,
             lost,
+            names,
+            held: Some(held),
             _ebpf: ebpf,
         })
     }
@@ -151,6 +173,27 @@ impl ExecObserver {
         self.sessions
             .insert(cgroup_id, flags, 0)
             .map_err(map_err(SESSION_CGROUPS))
+    }
+
+    /// Stops, at exec, every program known by one of these names (the last component of the
+    /// path given to exec, of a script's interpreter, or of the executable file itself; only
+    /// the first `EXEC_NAME_LEN` bytes count): it runs no instruction until the user side sends
+    /// SIGCONT (see `commands::guard`). Call before the session's first exec.
+    pub fn hold_names<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ExecError> {
+        for n in names {
+            self.names
+                .insert(exec_name_hash(n.as_bytes()), 1, 0)
+                .map_err(map_err(HELD_NAMES))?;
+        }
+        Ok(())
+    }
+
+    /// The map of stopped processes, for the command guard (once; `None` after).
+    pub fn take_held_pids(&mut self) -> Option<HeldPids> {
+        self.held.take()
     }
 
     /// Stops reporting execs in this cgroup. Unwatching a cgroup that is not watched is not an
@@ -221,6 +264,12 @@ pub struct ExecEvent {
     /// True when the argument area was larger than what was captured: then the last element of
     /// `argv` may be cut short and further arguments are missing.
     pub argv_truncated: bool,
+    /// The kernel side stopped the process for a check (a held program name).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
+    /// A script was run: `argv` starts with its interpreter, then the script's path.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub script: bool,
 }
 
 impl ExecEvent {
@@ -251,6 +300,8 @@ impl ExecEvent {
             filename: String::from_utf8_lossy(filename).into_owned(),
             argv: split_args(&record.args[..args_len]),
             argv_truncated: u64::from(record.args_total_len) > args_len as u64,
+            stopped: record.flags & EXEC_STOPPED != 0,
+            script: record.flags & EXEC_SCRIPT != 0,
         }
     }
 }

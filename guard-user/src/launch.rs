@@ -561,11 +561,6 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         crate::commands::Rules::new(&profile.commands.hold, &ident.home)
             .map_err(|(p, e)| RunError::Usage(format!("commands.hold {p:?}: {e}")))?,
     );
-    if !rules.is_empty() {
-        not_enforced.push(
-            "[commands] hold against a thread that rewrites the arguments during the check (README: Destructive commands)",
-        );
-    }
     let default_scope = profile.decisions.default_scope.unwrap_or_default();
     let timeout = args
         .decision_timeout
@@ -618,6 +613,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let mut observer = crate::exec::ExecObserver::load_then(|| btf.get_exec())?;
     let btf = btf.get()?;
     observer.watch_cgroup(cg.id()?)?;
+    // `[commands] hold`: programs of these names stop at exec for a check (commands::guard).
+    observer.hold_names(rules.names())?;
+    let held_pids = observer.take_held_pids();
     // The race-free backstop of connect holds, in place before anything runs in the cgroup.
     // (The LSM backend's socket_connect hook reads the kernel's copy of the address: no race.)
     let _connect_guard = if connect_held.is_empty() || backend == Backend::Lsm {
@@ -638,7 +636,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         notify: backend == Backend::Seccomp,
         notify_connect: !connect_held.is_empty(),
         notify_writes: prot.writes().is_some(),
-        notify_exec: !rules.is_empty(),
+        notify_sigcont: !rules.is_empty(),
         allow_io_uring: profile.process.allow_io_uring,
         allow: profile.process.allow_syscalls.clone(),
         deny: profile.process.deny_syscalls.clone(),
@@ -848,7 +846,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         cmd,
         env,
         bpf,
-        notify: fopts.notify || fopts.notify_exec,
+        notify: fopts.notify || fopts.notify_sigcont,
         grants,
         mounts: Mounts {
             binds,
@@ -952,7 +950,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     // The command child reports that its guard is in place (handing over the seccomp listener
     // on that backend); without that nothing runs.
     let stop = Arc::new(crate::stop::Stop::new().map_err(sys_io("eventfd"))?);
-    let ready = match fopts.notify || fopts.notify_exec {
+    let ready = match fopts.notify || fopts.notify_sigcont {
         true => recv_fd(sup_end.as_raw_fd(), Duration::from_secs(30)).map(Some),
         false => recv_ready(sup_end.as_raw_fd(), Duration::from_secs(30)).map(|()| None),
     };
@@ -992,19 +990,26 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     let worker;
     let mut seccomp_sup: Option<Arc<Supervisor>> = None;
-    // The exec guard shares the filter's listener (a duplicate fd: one filter, one listener).
-    let exec_guard = match (&listener, rules.is_empty()) {
-        (Some(fd), false) => Some(Arc::new(crate::commands::guard::ExecGuard {
+    // The exec guard decides what the exec program stopped; it shares the filter's listener (a
+    // duplicate fd: one filter, one listener) for SIGCONT sent by the sandbox.
+    let exec_guard = match (&listener, rules.is_empty(), held_pids) {
+        (Some(fd), false, Some(held)) => Some(Arc::new(crate::commands::guard::ExecGuard {
             session: session.clone(),
             rules: rules.clone(),
             holds: Holds::default(),
             listener: Listener::new(fd.try_clone().map_err(sys_io("dup the seccomp listener"))?),
             report: report.clone(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            held: std::sync::Mutex::new(held),
+            cgroup: cg.path().to_path_buf(),
         })),
+        (_, false, _) => {
+            abort_setup(init, &report, "the command guard has no listener");
+            return Err(RunError::Child);
+        }
         _ => None,
     };
-    // On the LSM backend the filter notifies exec calls only: the exec guard answers them.
+    // On the LSM backend the filter notifies SIGCONT calls only: the exec guard answers them.
     let exec_worker = match (&lsm, &exec_guard) {
         (Some(_), Some(g)) => {
             let g2 = g.clone();
@@ -1102,12 +1107,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             .map_err(sys_io("spawn"))?
     };
     let exec_thread = {
-        let (stop, report) = (stop.clone(), report.clone());
+        let (stop, report, guard) = (stop.clone(), report.clone(), exec_guard.clone());
         std::thread::Builder::new()
             .name("exec".into())
             .spawn(move || {
                 let mut emit = |ev: crate::exec::ExecEvent| {
                     report.record("exec", serde_json::to_value(&ev).unwrap_or_default());
+                    if let Some(g) = &guard {
+                        g.on_exec(&ev);
+                    }
                 };
                 loop {
                     let done = stop.is_set();

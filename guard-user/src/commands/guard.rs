@@ -1,37 +1,50 @@
-//! The exec guard: a command matching `[commands] hold` waits in execve(2)/execveat(2), before
-//! the new program exists, until a human decides. Denied, the call fails with EPERM (the old
-//! program goes on and sees the error); approved, the kernel carries the exec out.
+//! The exec guard: a command matching `[commands] hold` is stopped at exec, after the point of
+//! no return and before the new program's first instruction, until a human decides. Approved,
+//! it goes on (SIGCONT); denied, it is killed (SIGKILL: its parent sees it killed by a signal,
+//! status 137 in a shell).
 //!
-//! The seccomp filter sends every execve/execveat of the session here (only when the profile
-//! has rules). The supervisor reads the path the process passed, resolves it as the process
-//! would (its root and working directory, symbolic links followed) and looks at the names of
-//! the file (as given and as resolved). Only when one of them is a program some rule names does
-//! it read the argument vector and match: every other exec goes on after one lstat (a path whose
-//! last component is a symbolic link is resolved in full, so a link named otherwise is caught by
-//! the name of the program it leads to).
+//! The exec program (`tp_btf/sched_process_exec`, `guard-ebpf/src/exec.rs`) stops only a program
+//! known by a name some rule names: the last component of the path given to exec (`comm`), of a
+//! script's interpreter, or of the executable file itself (symbolic links resolved). It records
+//! the process in `HELD_PIDS` first, then sends SIGSTOP and reports the exec. Every other exec
+//! goes on untouched: no notification, no round trip. For a stopped one this module reads the
+//! new image's argument vector from `/proc/PID/cmdline`, which nothing in the sandbox can change
+//! any more (the process is the only thread of its new image and runs nothing; ptrace and
+//! process_vm_writev are refused in sessions with command holds), and matches the rules: the
+//! check and the use read the same bytes, so a thread rewriting the arguments during the exec
+//! gains nothing.
+//!
+//! A SIGCONT from the sandbox must not release a stopped process: the seccomp filter sends every
+//! kill(2)-family call with SIGCONT here ([`ExecGuard::handle_signal`]). It fails with EPERM when
+//! a target is stopped for a check; otherwise the supervisor continues, itself, the targets that
+//! are stopped (job control) and skips those that run (a SIGCONT to a running process only runs
+//! its handler; skipping it means that no SIGCONT is ever in flight when an exec stops a
+//! process).
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{Exec, Rules};
+use crate::exec::{ExecEvent, HeldPids};
 use crate::files::resolve;
 use crate::files::seccomp::{Listener, Notif};
 use crate::hold::{Admission, HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
 use crate::report::Reporter;
 
-/// Longest single argument the kernel accepts (MAX_ARG_STRLEN).
-const MAX_ARG: usize = 32 * 4096;
 /// The most argument bytes read in all; a longer list is held (it cannot be checked).
 const MAX_ARGS_TOTAL: usize = 8 << 20;
 
-/// A held exec: the notification to answer.
+/// A held exec: the stopped process.
 #[derive(Debug)]
 pub struct PendingExec {
-    notif: u64,
+    /// Its process id (the supervisor's namespace).
+    pid: u32,
+    /// A pidfd of it: signals reach this process even if the id is reused.
+    pidfd: Option<OwnedFd>,
 }
 
 /// The exec guard of one session.
@@ -42,12 +55,17 @@ pub struct ExecGuard {
     pub rules: Arc<Rules>,
     /// Pending exec holds and standing decisions.
     pub holds: Holds<PendingExec>,
-    /// The seccomp filter's notification fd (a duplicate of the file supervisor's, if any).
+    /// The seccomp filter's notification fd (a duplicate of the file supervisor's, if any):
+    /// SIGCONT sent by the sandbox arrives there.
     pub listener: Listener,
     /// Where holds and decisions are reported.
     pub report: Arc<Reporter>,
     /// Set when the session ends (the LSM backend's loop, [`ExecGuard::run`]).
     pub stopping: AtomicBool,
+    /// The kernel's record of stopped processes (`HELD_PIDS`).
+    pub held: Mutex<HeldPids>,
+    /// The session's cgroup directory: its `cgroup.procs` are the possible SIGCONT targets.
+    pub cgroup: PathBuf,
 }
 
 /// What the guard concluded about one exec.
@@ -57,24 +75,52 @@ enum Look {
     Hold {
         rule: usize,
         pattern: String,
-        argv: Vec<String>,
+        line: String,
         program: String,
-        unreadable: bool,
     },
 }
 
-/// True for the system calls this guard answers.
-pub fn is_exec(nr: i64) -> bool {
-    nr == libc::SYS_execve || nr == libc::SYS_execveat
+/// True for the system calls this guard answers: the kill(2) family (the filter sends them only
+/// with SIGCONT).
+pub fn is_signal(nr: i64) -> bool {
+    matches!(
+        nr,
+        libc::SYS_kill
+            | libc::SYS_tkill
+            | libc::SYS_tgkill
+            | libc::SYS_rt_sigqueueinfo
+            | libc::SYS_rt_tgsigqueueinfo
+            | libc::SYS_pidfd_send_signal
+    )
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open has no memory arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    // SAFETY: a new fd that we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn pidfd_signal(fd: &OwnedFd, sig: i32) -> bool {
+    // SAFETY: a valid pidfd, no siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        ) == 0
+    }
 }
 
 impl ExecGuard {
-    /// Answers notifications until [`ExecGuard::stop`] (used where no file supervisor runs: on
-    /// the LSM backend the filter notifies exec calls only).
+    /// Answers SIGCONT notifications until [`ExecGuard::stop`] (used where no file supervisor
+    /// runs: on the LSM backend the filter notifies these calls only).
     pub fn run(&self) {
         while !self.stopping.load(Ordering::SeqCst) {
             match self.listener.recv() {
-                Ok(Some(n)) if is_exec(n.data.nr as i64) => self.handle(&n),
+                Ok(Some(n)) if is_signal(n.data.nr as i64) => self.handle_signal(&n),
                 Ok(Some(n)) => {
                     let _ = self.listener.allow(n.id);
                 }
@@ -92,118 +138,161 @@ impl ExecGuard {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    /// Answers one execve/execveat notification: goes on, or holds.
-    pub fn handle(&self, n: &Notif) {
-        match self.look(n) {
-            Look::Continue => {
-                let _ = self.listener.allow(n.id);
+    fn is_held(&self, pid: u32) -> bool {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&pid, 0).is_ok()
+    }
+
+    fn unhold(&self, pid: u32) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = held.remove(&pid);
+    }
+
+    /// Lets a stopped process go on.
+    fn release(&self, pid: u32, pidfd: Option<&OwnedFd>) {
+        self.unhold(pid);
+        match pidfd {
+            Some(fd) => {
+                pidfd_signal(fd, libc::SIGCONT);
             }
-            Look::Hold {
-                rule,
-                pattern,
-                argv,
-                program,
-                unreadable,
-            } => self.hold(n, rule, &pattern, &argv, &program, unreadable),
+            None => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+            }
         }
     }
 
-    fn look(&self, n: &Notif) -> Look {
-        let a = n.data.args;
-        let (dirfd, path_at, argv_at, flags) = if n.data.nr as i64 == libc::SYS_execveat {
-            (a[0] as u32 as i32, a[1], a[2], a[4] as u32 as i32)
-        } else {
-            (libc::AT_FDCWD, a[0], a[1], 0)
+    /// Kills a stopped process (denied, or not checkable).
+    fn kill(&self, pid: u32, pidfd: Option<&OwnedFd>) {
+        if let Some(fd) = pidfd {
+            pidfd_signal(fd, libc::SIGKILL);
+        }
+        // Removed after the kill, which nothing undoes.
+        self.unhold(pid);
+    }
+
+    /// An exec reported by the exec program: when it stopped the process, check it and let it
+    /// go on or hold it.
+    pub fn on_exec(&self, ev: &ExecEvent) {
+        if !ev.stopped {
+            return;
+        }
+        let pid = ev.pid;
+        let Some(pidfd) = pidfd_open(pid) else {
+            // Gone (killed while stopped).
+            self.unhold(pid);
+            return;
         };
-        let pid = n.pid;
-        // An unreadable path fails the same way in the kernel (EFAULT).
-        let Ok(path) = resolve::read_cstr(pid, path_at) else {
-            return Look::Continue;
-        };
-        let given = path.as_bytes();
-        let mut names: Vec<String> = Vec::with_capacity(2);
-        let mut paths: Vec<String> = Vec::with_capacity(2);
-        let base = resolve::split(given).name;
-        if !base.is_empty() {
-            names.push(String::from_utf8_lossy(base).into_owned());
+        match self.look(ev) {
+            Look::Continue => self.release(pid, Some(&pidfd)),
+            Look::Hold {
+                rule,
+                pattern,
+                line,
+                program,
+            } => self.hold(pid, pidfd, rule, &pattern, &line, &program, ev.script),
         }
-        if given.starts_with(b"/") {
-            paths.push(String::from_utf8_lossy(given).into_owned());
-        }
-        let held_name = names.iter().any(|nm| self.rules.has_name(nm));
-        if !held_name && plain_file(pid, dirfd, given) {
-            // The fast path of every other exec: the name given is the file's own name.
-            return Look::Continue;
-        }
-        // The file the kernel will run: symbolic links followed (unless AT_SYMLINK_NOFOLLOW,
-        // which makes the kernel refuse a link), from the process's own root and cwd.
-        let real = if given.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
-            resolve::proc_fd_path(pid, dirfd).ok()
-        } else {
-            let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
-            resolve::target_object(pid, dirfd, given, follow)
-                .ok()
-                .map(|(_, p)| p)
-        };
-        if let Some(r) = &real {
-            if let Some(b) = r.file_name() {
-                let b = b.to_string_lossy().into_owned();
-                if !names.contains(&b) {
-                    names.push(b);
-                }
-            }
-            paths.push(r.to_string_lossy().into_owned());
-        }
-        if !held_name && !names.iter().any(|nm| self.rules.has_name(nm)) {
-            return Look::Continue;
-        }
-        if real.is_none() {
-            // Nothing there to run (ENOENT, EACCES...): the kernel fails the call.
-            return Look::Continue;
-        }
-        let program = paths.last().cloned().unwrap_or_default();
-        let argv = match read_argv(pid, argv_at) {
-            Ok(v) => v,
-            Err(ArgvError::Unreadable) => return Look::Continue,
-            Err(ArgvError::TooLong) => {
-                // Cannot be checked: a human looks at it.
+    }
+
+    fn look(&self, ev: &ExecEvent) -> Look {
+        let pid = ev.pid;
+        let raw = match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(r) => r,
+            // Nothing to check: a human looks at it (the process stays stopped).
+            Err(_) => {
                 return Look::Hold {
                     rule: usize::MAX,
-                    pattern: "(argument list too long to check)".into(),
-                    argv: Vec::new(),
-                    program,
-                    unreadable: true,
-                };
+                    pattern: "(argument list unreadable)".into(),
+                    line: ev.filename.clone(),
+                    program: ev.filename.clone(),
+                }
             }
         };
-        let args = argv.get(1..).unwrap_or_default();
+        if raw.len() > MAX_ARGS_TOTAL {
+            return Look::Hold {
+                rule: usize::MAX,
+                pattern: "(argument list too long to check)".into(),
+                line: format!("{} (argument list too long to show)", ev.filename),
+                program: ev.filename.clone(),
+            };
+        }
+        let raw = raw.strip_suffix(&[0]).unwrap_or(&raw);
+        let argv: Vec<String> = raw
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let given = ev.filename.as_bytes();
+        let mut names: Vec<String> = Vec::with_capacity(4);
+        let mut paths: Vec<String> = Vec::with_capacity(3);
+        let mut add_name = |n: &[u8]| {
+            let n = String::from_utf8_lossy(n).into_owned();
+            if !n.is_empty() && !names.contains(&n) {
+                names.push(n);
+            }
+        };
+        add_name(resolve::split(given).name);
+        if given.starts_with(b"/") {
+            paths.push(ev.filename.clone());
+        }
+        // The file exec was given, symbolic links followed, from the process's root and cwd
+        // (a script's own file: the executable is its interpreter).
+        let real = resolve::target_object(pid, libc::AT_FDCWD, given, true)
+            .ok()
+            .map(|(_, p)| p.to_string_lossy().into_owned());
+        for p in [&real, &exe].into_iter().flatten() {
+            add_name(resolve::split(p.as_bytes()).name);
+            if !paths.contains(p) {
+                paths.push(p.clone());
+            }
+        }
+        // A script's argument area is `interpreter [option] script args...`: its own arguments
+        // follow the script's path.
+        let (shown, args): (Vec<String>, &[String]) = if ev.script {
+            match argv
+                .iter()
+                .enumerate()
+                .skip(1)
+                .take(2)
+                .find(|(_, a)| a.as_bytes() == given)
+            {
+                Some((i, _)) => {
+                    let mut shown = vec![ev.filename.clone()];
+                    shown.extend_from_slice(&argv[i + 1..]);
+                    (shown, &argv[i + 1..])
+                }
+                None => (argv.clone(), argv.get(1..).unwrap_or_default()),
+            }
+        } else {
+            (argv.clone(), argv.get(1..).unwrap_or_default())
+        };
+        let program = real.or(exe).unwrap_or_else(|| ev.filename.clone());
         match self.rules.find(&Exec { names, paths, args }) {
             None => Look::Continue,
             Some((rule, p)) => Look::Hold {
                 rule,
                 pattern: p.text().to_string(),
-                argv,
+                line: bounded(&quote_argv(&shown), 4096),
                 program,
-                unreadable: false,
             },
         }
     }
 
+    #[expect(clippy::too_many_arguments, reason = "one hold's parts")]
     fn hold(
         &self,
-        n: &Notif,
+        pid: u32,
+        pidfd: OwnedFd,
         rule: usize,
         pattern: &str,
-        argv: &[String],
+        line: &str,
         program: &str,
-        unreadable: bool,
+        script: bool,
     ) {
-        let pid = tgid_of(n.pid).unwrap_or(n.pid);
-        let line = if unreadable {
-            format!("{program} (argument list too long to show)")
-        } else {
-            bounded(&quote_argv(argv), 4096)
-        };
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "?".into());
@@ -211,27 +300,31 @@ impl ExecGuard {
             id: crate::hold::new_id(),
             session: self.session.clone(),
             pid,
-            ns_pid: crate::files::supervise::ns_pid_of(n.pid),
-            comm: std::fs::read_to_string(format!("/proc/{}/comm", n.pid))
+            ns_pid: crate::files::supervise::ns_pid_of(pid),
+            comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
-            cmdline: line.clone(),
+            cmdline: line.to_string(),
             kind: "exec",
-            target: line,
+            target: line.to_string(),
             rule: format!("commands.hold: {pattern}"),
             detail: Some(format!(
-                "program {program}; cwd {cwd}; run by {}",
+                "program {program}{}; cwd {cwd}; run by {}",
+                if script { " (a script)" } else { "" },
                 parent_chain(pid)
             )),
             since: crate::audit::rfc3339_micros(std::time::SystemTime::now()),
             started: Some(Instant::now()),
-            proc_key: ProcKey::of(n.pid),
+            proc_key: ProcKey::of(pid),
             root: Some(rule),
             // `--scope path` on an exec hold: this rule, for any process of the session.
             path: Some(PathBuf::from(format!("/commands.hold/{rule}"))),
         };
-        let pending = PendingExec { notif: n.id };
+        let pending = PendingExec {
+            pid,
+            pidfd: Some(pidfd),
+        };
         match self.holds.hold_or_apply(info.clone(), pending) {
             Admission::Decided(prior, p) => {
                 self.report.applied(&info, prior.verdict, &prior.from_hold);
@@ -239,12 +332,163 @@ impl ExecGuard {
             }
             Admission::Held(info) => {
                 self.report.held(&info);
-                if !self.listener.valid(n.id) {
-                    self.withdraw(&info.id, "process gone");
-                }
             }
         }
     }
+
+    /// A kill(2)-family call with SIGCONT from the sandbox (see the module's documentation).
+    pub fn handle_signal(&self, n: &Notif) {
+        let a = n.data.args;
+        let nr = n.data.nr as i64;
+        let sender = tgid_of(n.pid).unwrap_or(n.pid);
+        let procs = self.session_procs();
+        let ns = |p: u32, key: &str| status_field(p, key);
+        let targets: Vec<u32> = match nr {
+            libc::SYS_kill => {
+                let spec = a[0] as u32 as i32;
+                match spec {
+                    0 => {
+                        let g = ns(sender, "NSpgid:");
+                        procs
+                            .iter()
+                            .copied()
+                            .filter(|&p| g.is_some() && ns(p, "NSpgid:") == g)
+                            .collect()
+                    }
+                    -1 => procs
+                        .iter()
+                        .copied()
+                        .filter(|&p| p != sender && ns(p, "NStgid:") != Some(1))
+                        .collect(),
+                    s if s < -1 => procs
+                        .iter()
+                        .copied()
+                        .filter(|&p| ns(p, "NSpgid:") == Some(s.unsigned_abs()))
+                        .collect(),
+                    s => by_ns_tgid(&procs, s as u32),
+                }
+            }
+            libc::SYS_tgkill | libc::SYS_rt_sigqueueinfo | libc::SYS_rt_tgsigqueueinfo => {
+                by_ns_tgid(&procs, a[0] as u32)
+            }
+            libc::SYS_tkill => by_ns_tid(&procs, a[0] as u32),
+            libc::SYS_pidfd_send_signal => {
+                let fd = a[0] as u32 as i32;
+                let info = std::fs::read_to_string(format!("/proc/{sender}/fdinfo/{fd}"))
+                    .unwrap_or_default();
+                let pid = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Pid:"))
+                    .and_then(|v| v.trim().parse::<i64>().ok());
+                match pid {
+                    Some(p) if p > 0 && procs.contains(&(p as u32)) => vec![p as u32],
+                    // Not a pidfd of a session process: the kernel answers as it would.
+                    _ => {
+                        let _ = self.listener.allow(n.id);
+                        return;
+                    }
+                }
+            }
+            _ => {
+                let _ = self.listener.allow(n.id);
+                return;
+            }
+        };
+        if targets.is_empty() {
+            let _ = self.listener.fail(n.id, libc::ESRCH);
+            return;
+        }
+        if targets.iter().any(|&p| self.is_held(p)) {
+            tracing::info!(
+                sender,
+                ?targets,
+                "SIGCONT to a process stopped for a check refused"
+            );
+            let _ = self.listener.fail(n.id, libc::EPERM);
+            return;
+        }
+        if !targets.iter().all(|&p| may_signal(sender, p)) {
+            let _ = self.listener.fail(n.id, libc::EPERM);
+            return;
+        }
+        for p in targets {
+            if stopped(p) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+            }
+        }
+        let _ = self.listener.ret(n.id, 0);
+    }
+
+    fn session_procs(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.cgroup.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+fn by_ns_tgid(procs: &[u32], ns_tgid: u32) -> Vec<u32> {
+    procs
+        .iter()
+        .copied()
+        .filter(|&p| status_field(p, "NStgid:") == Some(ns_tgid))
+        .collect()
+}
+
+fn by_ns_tid(procs: &[u32], ns_tid: u32) -> Vec<u32> {
+    let mut out = HashSet::new();
+    for &p in procs {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in rd.flatten() {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let tid = st
+                .lines()
+                .find(|l| l.starts_with("NSpid:"))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<u32>().ok());
+            if tid == Some(ns_tid) {
+                out.insert(p);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The kernel's rule for kill(2) (without capabilities): the sender's real or effective user id
+/// is the target's real or saved one; root may signal anyone.
+fn may_signal(sender: u32, target: u32) -> bool {
+    let uids = |p: u32| -> Option<Vec<u32>> {
+        let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        let l = s.lines().find(|l| l.starts_with("Uid:"))?;
+        Some(
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect(),
+        )
+    };
+    let (Some(s), Some(t)) = (uids(sender), uids(target)) else {
+        return false;
+    };
+    if s.len() < 2 || t.len() < 3 {
+        return false;
+    }
+    s[1] == 0 || [s[0], s[1]].iter().any(|u| *u == t[0] || *u == t[2])
+}
+
+/// True when the process is stopped (job control or a tracer).
+fn stopped(pid: u32) -> bool {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name's closing parenthesis.
+    s.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|st| st == "T" || st == "t")
 }
 
 impl HoldBackend for ExecGuard {
@@ -258,108 +502,12 @@ impl HoldBackend for ExecGuard {
         &self.report
     }
 
-    /// Approved: the kernel carries the exec out. Denied: it fails with EPERM.
+    /// Approved: the stopped program goes on (SIGCONT). Denied: it is killed (SIGKILL).
     fn carry_out(&self, p: PendingExec, verdict: Verdict) {
-        if !self.listener.valid(p.notif) {
-            return;
+        match verdict {
+            Verdict::Allow => self.release(p.pid, p.pidfd.as_ref()),
+            Verdict::Deny => self.kill(p.pid, p.pidfd.as_ref()),
         }
-        let _ = match verdict {
-            Verdict::Allow => self.listener.allow(p.notif),
-            Verdict::Deny => self.listener.fail(p.notif, libc::EPERM),
-        };
-    }
-}
-
-#[derive(Debug)]
-enum ArgvError {
-    /// A bad pointer: the kernel fails the call with EFAULT.
-    Unreadable,
-    /// More than we read.
-    TooLong,
-}
-
-/// True when `path` (relative to `dirfd` of process `pid`) names something that is not a
-/// symbolic link: one lstat through the process's `/proc` handles. Anything else (a link, an
-/// error, `/proc/self`, which would be the supervisor's) needs the full resolution.
-fn plain_file(pid: u32, dirfd: i32, path: &[u8]) -> bool {
-    if path.is_empty() || path.starts_with(b"/proc/") {
-        return false;
-    }
-    let mut p = if path.starts_with(b"/") {
-        format!("/proc/{pid}/root").into_bytes()
-    } else if dirfd == libc::AT_FDCWD {
-        format!("/proc/{pid}/cwd/").into_bytes()
-    } else {
-        format!("/proc/{pid}/fd/{dirfd}/").into_bytes()
-    };
-    p.extend_from_slice(path);
-    let Ok(c) = std::ffi::CString::new(p) else {
-        return false;
-    };
-    // SAFETY: a zeroed stat is valid; c is a valid C string.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::lstat(c.as_ptr(), &mut st) };
-    r == 0 && st.st_mode & libc::S_IFMT != libc::S_IFLNK
-}
-
-/// Reads the NULL-terminated argument vector at `addr` of process `pid`.
-fn read_argv(pid: u32, addr: u64) -> Result<Vec<String>, ArgvError> {
-    let mut out = Vec::new();
-    if addr == 0 {
-        return Ok(out);
-    }
-    let mut total = 0usize;
-    let mut cur = addr;
-    loop {
-        // A page's worth of pointers at a time, never across a page boundary.
-        let left = 4096 - (cur as usize & 4095);
-        let mut buf = [0u8; 4096];
-        let want = left.min(4096) & !7;
-        let want = if want == 0 { 8 } else { want };
-        let n =
-            resolve::read_remote(pid, cur, &mut buf[..want]).map_err(|_| ArgvError::Unreadable)?;
-        if n < 8 {
-            return Err(ArgvError::Unreadable);
-        }
-        for c in buf[..n - n % 8].chunks_exact(8) {
-            let p = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
-            if p == 0 {
-                return Ok(out);
-            }
-            let s = read_arg(pid, p)?;
-            total += s.len() + 1;
-            if total > MAX_ARGS_TOTAL {
-                return Err(ArgvError::TooLong);
-            }
-            out.push(String::from_utf8_lossy(s.as_bytes()).into_owned());
-        }
-        cur += (n - n % 8) as u64;
-    }
-}
-
-/// One NUL-terminated argument, at most [`MAX_ARG`] bytes.
-fn read_arg(pid: u32, addr: u64) -> Result<OsString, ArgvError> {
-    use std::os::unix::ffi::OsStringExt;
-    let mut out: Vec<u8> = Vec::new();
-    let mut cur = addr;
-    loop {
-        let left = 4096 - (cur as usize & 4095);
-        let want = if out.is_empty() { left.min(256) } else { left };
-        let mut buf = [0u8; 4096];
-        let n =
-            resolve::read_remote(pid, cur, &mut buf[..want]).map_err(|_| ArgvError::Unreadable)?;
-        if n == 0 {
-            return Err(ArgvError::Unreadable);
-        }
-        if let Some(end) = buf[..n].iter().position(|&b| b == 0) {
-            out.extend_from_slice(&buf[..end]);
-            return Ok(OsString::from_vec(out));
-        }
-        out.extend_from_slice(&buf[..n]);
-        if out.len() > MAX_ARG {
-            return Err(ArgvError::TooLong);
-        }
-        cur += n as u64;
     }
 }
 
@@ -449,17 +597,5 @@ mod tests {
             .collect();
         assert_eq!(quote_argv(&v), r#"psql -c 'DROP TABLE x' 'it'\''s'"#);
         assert_eq!(bounded("abcdef", 3), "abc…");
-    }
-
-    #[test]
-    fn reads_an_argument_vector_from_own_memory() {
-        let a = std::ffi::CString::new("terraform").unwrap_or_default();
-        let b = std::ffi::CString::new("x".repeat(5000)).unwrap_or_default();
-        let ptrs = [a.as_ptr() as u64, b.as_ptr() as u64, 0u64];
-        let v =
-            read_argv(std::process::id(), ptrs.as_ptr() as u64).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0], "terraform");
-        assert_eq!(v[1].len(), 5000);
     }
 }

@@ -608,7 +608,13 @@ impl Rules {
         self.patterns.is_empty()
     }
 
+    /// The program names the rules name (a path's last component for a path).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
     /// True when a program of this name can match a rule (only those are looked at closely).
+    #[cfg(test)]
     pub fn has_name(&self, name: &str) -> bool {
         self.names.contains(name)
     }

@@ -35,8 +35,16 @@ pub const HELD: &[&str] = &[
 ];
 /// System calls that go to the supervisor when their flags argument has O_TRUNC: (name, arg index).
 pub const HELD_IF_TRUNC: &[(&str, u32)] = &[("open", 1), ("openat", 2)];
-/// The exec calls the exec guard answers (`[commands] hold`).
-pub const EXEC: &[&str] = &["execve", "execveat"];
+/// The calls that send a signal, with the index of their signal argument: with SIGCONT they go
+/// to the exec guard (`[commands] hold`).
+pub const SIGNAL_SENDERS: &[(&str, u32)] = &[
+    ("kill", 1),
+    ("tkill", 1),
+    ("tgkill", 2),
+    ("rt_sigqueueinfo", 1),
+    ("rt_tgsigqueueinfo", 2),
+    ("pidfd_send_signal", 1),
+];
 /// io_uring: its operations are invisible to seccomp, so it is refused unless a profile allows it
 /// (on the LSM backend the hooks see io_uring workers and refuse them).
 pub const IO_URING: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
@@ -90,8 +98,11 @@ pub struct FilterOpts {
     pub notify_connect: bool,
     /// Send every write-open and creation to the supervisor too (`protect_writes`).
     pub notify_writes: bool,
-    /// Send execve/execveat to the supervisor (`[commands] hold`; on either backend).
-    pub notify_exec: bool,
+    /// `[commands] hold` (either backend): send kill(2)-family calls with SIGCONT to the
+    /// supervisor (a process stopped at exec for a check must not be continued by the sandbox),
+    /// and refuse ptrace and process_vm_writev (a tracer could resume it or rewrite its
+    /// arguments).
+    pub notify_sigcont: bool,
     /// Let io_uring be set up (never on the seccomp backend).
     pub allow_io_uring: bool,
     /// Baseline calls the profile allows after all.
@@ -147,10 +158,22 @@ pub fn build(opts: &FilterOpts) -> Result<Vec<u8>, FilesError> {
         let sc = ScmpSyscall::from_name("connect").map_err(err)?;
         f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
     }
-    if opts.notify_exec {
-        for name in EXEC {
+    if opts.notify_sigcont {
+        // The signal number's argument; compared on its low 32 bits, as the kernel reads it.
+        for (name, arg) in SIGNAL_SENDERS {
             let sc = ScmpSyscall::from_name(name).map_err(err)?;
-            f.add_rule(ScmpAction::Notify, sc).map_err(err)?;
+            let cmp = ScmpArgCompare::new(
+                *arg,
+                ScmpCompareOp::MaskedEqual(0xffff_ffff),
+                libc::SIGCONT as u64,
+            );
+            f.add_rule_conditional(ScmpAction::Notify, sc, &[cmp])
+                .map_err(err)?;
+        }
+        for name in ["ptrace", "process_vm_writev"] {
+            let sc = ScmpSyscall::from_name(name).map_err(err)?;
+            f.add_rule(ScmpAction::Errno(libc::EPERM), sc)
+                .map_err(err)?;
         }
     }
     let eperm = ScmpAction::Errno(libc::EPERM);
@@ -171,7 +194,7 @@ pub fn build(opts: &FilterOpts) -> Result<Vec<u8>, FilesError> {
         let sc = ScmpSyscall::from_name(name).map_err(err)?;
         f.add_rule(eperm, sc).map_err(err)?;
     }
-    if !allowed("ptrace") {
+    if !allowed("ptrace") && !opts.notify_sigcont {
         // Tracing one's own children (PTRACE_TRACEME, as debuggers start them) stays possible;
         // attaching to any other process does not.
         let sc = ScmpSyscall::from_name("ptrace").map_err(err)?;

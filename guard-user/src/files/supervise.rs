@@ -419,9 +419,9 @@ impl Supervisor {
     fn handle(&self, n: &Notif) {
         let a = n.data.args;
         let nr = n.data.nr as i64;
-        if crate::commands::guard::is_exec(nr) {
+        if crate::commands::guard::is_signal(nr) {
             match &self.exec {
-                Some(g) => g.handle(n),
+                Some(g) => g.handle_signal(n),
                 None => {
                     let _ = self.listener.allow(n.id);
                 }

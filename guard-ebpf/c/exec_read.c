@@ -1,0 +1,143 @@
+// CO-RE reads for the exec hold (`[commands] hold`): the names an exec can be known by, hashed
+// so that the Rust program can look them up in HELD_NAMES.
+//
+// Compiled like c/core_read.c (see guard-ebpf/build.rs). The structures carry a `___exec`
+// flavour suffix: CO-RE ignores it, and it keeps them apart from core_read.c's declarations of
+// the same kernel structures (with other fields) when bpf-linker links both files.
+
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+
+struct qstr___exec {
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry___exec {
+	struct qstr___exec d_name;
+} __attribute__((preserve_access_index));
+
+struct path___exec {
+	struct dentry___exec *dentry;
+} __attribute__((preserve_access_index));
+
+struct file___exec {
+	struct path___exec f_path;
+} __attribute__((preserve_access_index));
+
+struct mm_struct___exec {
+	struct file___exec *exe_file;
+} __attribute__((preserve_access_index));
+
+struct task_struct___exec {
+	struct mm_struct___exec *mm;
+	char comm[16];
+} __attribute__((preserve_access_index));
+
+struct linux_binprm___exec {
+	const char *filename;
+	const char *interp;
+} __attribute__((preserve_access_index));
+
+// Helper ids 113 and 115 (libbpf's bpf_helper_defs.h).
+static long (*const bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
+static long (*const bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)115;
+
+#define READ(dst, src, field) \
+	bpf_probe_read_kernel((dst), sizeof(*(dst)), __builtin_preserve_access_index(&(src)->field))
+
+// guard_common::exec::exec_name_hash: FNV-1a 64 over the first EXEC_NAME_LEN bytes of a name
+// (what the kernel keeps of a program's name in `comm`).
+#define EXEC_NAME_LEN 15
+#define HASH_BASIS 0xcbf29ce484222325ULL
+#define HASH_PRIME 0x00000100000001b3ULL
+// Bytes of bprm->interp read to find its last component (#! lines are short; a longer
+// interpreter path is still known by the executable's own name, h[2]).
+#define INTERP_LEN 128
+
+struct guard_exec_hashes {
+	// h[0]: comm (the last component of the path given to exec, as the kernel set it);
+	// h[1]: the last component of bprm->interp when a script's interpreter was run (else 0);
+	// h[2]: the name of the executable file itself (mm->exe_file: symbolic links resolved).
+	__u64 h[3];
+};
+
+static __u64 hash_name(const unsigned char *s, __u32 n)
+{
+	__u64 h = HASH_BASIS;
+
+	for (__u32 i = 0; i < EXEC_NAME_LEN; i++) {
+		if (i >= n || s[i] == 0)
+			break;
+		h = (h ^ s[i]) * HASH_PRIME;
+	}
+	return h;
+}
+
+// Fills `res` for the exec of `task` (the current task at sched_process_exec) from `bprm`.
+// Returns 1 when a script's interpreter was run (bprm->interp differs from bprm->filename),
+// 0 otherwise, -1 when nothing could be read.
+//
+// A global, never inlined function (exported by build.rs): the verifier checks it once, on its
+// own. Its pointer arguments arrive as scalars (only read through bpf_probe_read_kernel).
+__attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr, struct guard_exec_hashes *res)
+{
+	const struct task_struct___exec *task = (const struct task_struct___exec *)task_addr;
+	const struct linux_binprm___exec *bprm = (const struct linux_binprm___exec *)bprm_addr;
+	unsigned char comm[16] = {0};
+	unsigned char buf[INTERP_LEN] = {0};
+	const char *filename = 0, *interp = 0;
+	struct mm_struct___exec *mm = 0;
+	struct file___exec *exe = 0;
+	struct dentry___exec *d = 0;
+	const unsigned char *dname = 0;
+	int script = 0;
+	long n;
+
+	if (res == 0 || task == 0)
+		return -1;
+	res->h[0] = 0;
+	res->h[1] = 0;
+	res->h[2] = 0;
+
+	if (READ(&comm, task, comm) == 0)
+		res->h[0] = hash_name(comm, 16);
+
+	if (bprm != 0 && READ(&filename, bprm, filename) == 0 && READ(&interp, bprm, interp) == 0 &&
+	    interp != 0 && interp != filename) {
+		script = 1;
+		n = bpf_probe_read_kernel_str(buf, sizeof(buf), interp);
+		if (n > 1) {
+			// One pass: the hash restarts after each '/', so it ends as the last
+			// component's (its first EXEC_NAME_LEN bytes). No index depends on the data.
+			__u64 h = HASH_BASIS;
+			__u32 cnt = 0;
+
+			for (__u32 i = 0; i < INTERP_LEN; i++) {
+				unsigned char c = buf[i];
+
+				if (c == 0)
+					break;
+				if (c == '/') {
+					h = HASH_BASIS;
+					cnt = 0;
+					continue;
+				}
+				if (cnt < EXEC_NAME_LEN)
+					h = (h ^ c) * HASH_PRIME;
+				cnt++;
+			}
+			if (cnt > 0)
+				res->h[1] = h;
+		}
+	}
+
+	if (READ(&mm, task, mm) == 0 && mm != 0 && READ(&exe, mm, exe_file) == 0 && exe != 0 &&
+	    READ(&d, exe, f_path.dentry) == 0 && d != 0 && READ(&dname, d, d_name.name) == 0 &&
+	    dname != 0) {
+		unsigned char en[16] = {0};
+
+		if (bpf_probe_read_kernel_str(en, sizeof(en), dname) > 1)
+			res->h[2] = hash_name(en, 16);
+	}
+	return script;
+}
