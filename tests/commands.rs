@@ -367,7 +367,9 @@ fn sigcont_from_the_sandbox_does_not_release_a_held_command() {
 }
 
 /// Programs no rule names are not stopped at exec at all (the audit log's exec lines say which
-/// were); job control's SIGCONT to a stopped process still works in such a session.
+/// were); job control's SIGCONT to a stopped process still works in such a session. (The pause
+/// lets the shell take the SIGCHLD of the stop first: a signal that arrives before the
+/// supervisor has received the SIGCONT call interrupts it, EINTR, as for any notified call.)
 #[test]
 fn unrelated_execs_are_not_stopped_and_job_control_works() {
     if !privileged() {
@@ -377,7 +379,7 @@ fn unrelated_execs_are_not_stopped_and_job_control_works() {
     let (_, out) = t.session(
         "cmd-free",
         "for i in 1 2 3; do /bin/true; done; terraform plan; \
-         sleep 5 & p=$!; kill -STOP $p; kill -CONT $p; echo cont=$?; kill $p; echo ok",
+         sleep 5 & p=$!; kill -STOP $p; sleep 0.3; kill -CONT $p; echo cont=$?; kill $p; echo ok",
         &[],
     );
     let s = String::from_utf8_lossy(&out.stdout);
