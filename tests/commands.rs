@@ -473,3 +473,37 @@ fn lsm_terraform_destroy_is_held_denied_is_killed_and_approved_runs() {
     assert_eq!(t.ran(), vec!["destroy -auto-approve"], "{}", text(&out));
     assert_eq!(holds[0]["kind"], "exec");
 }
+
+/// The kernel's own SIGCONT to a process group that becomes orphaned (POSIX job control: SIGHUP,
+/// then SIGCONT, when the last parent outside the group exits) does not release a held command
+/// either: it waits in a frozen cgroup, which no signal but SIGKILL moves.
+#[test]
+fn an_orphaned_process_group_does_not_release_a_held_command() {
+    if !privileged() {
+        return;
+    }
+    let t = tf();
+    let marker = t.marker.display().to_string();
+    let r = t.w.run(
+        "cmd-orphan",
+        &[],
+        &["--profile", &t.profile, "--net", "none", "--decision-timeout", "60s"],
+        &format!(
+            "export PATH={}:/usr/bin:/bin; python3 -c '\nimport os, signal, time\nif os.fork() == 0:\n    os.setpgid(0, 0)\n    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n    os.execvp(\"terraform\", [\"terraform\", \"destroy\", \"-auto-approve\"])\ntime.sleep(1.5)\n'; touch {}/orphaned; i=0; while [ ! -s {marker} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; echo done",
+            t.bin.display(),
+            t.w.work.display(),
+        ),
+    );
+    let h = wait_new_hold(&t.w, "cmd-orphan", &[]);
+    let flag = t.w.work.join("orphaned");
+    let t0 = Instant::now();
+    while !flag.exists() {
+        assert!(t0.elapsed() < T, "the parent never exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(t.ran().is_empty(), "released as an orphan: {:?}", t.ran());
+    t.w.decide("approve", h["id"].as_str().unwrap(), &[]);
+    let out = r.finish(T);
+    assert_eq!(t.ran(), vec!["destroy -auto-approve"], "{}", text(&out));
+}

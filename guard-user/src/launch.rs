@@ -992,6 +992,16 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let mut seccomp_sup: Option<Arc<Supervisor>> = None;
     // The exec guard decides what the exec program stopped; it shares the filter's listener (a
     // duplicate fd: one filter, one listener) for SIGCONT sent by the sandbox.
+    let freezer = match rules.is_empty() {
+        true => None,
+        false => match held_cgroup(cg.path()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                abort_setup(init, &report, &format!("the frozen cgroup for held commands: {e}"));
+                return Err(RunError::Child);
+            }
+        },
+    };
     let exec_guard = match (&listener, rules.is_empty(), held_pids) {
         (Some(fd), false, Some(held)) => Some(Arc::new(crate::commands::guard::ExecGuard {
             session: session.clone(),
@@ -1002,6 +1012,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             stopping: std::sync::atomic::AtomicBool::new(false),
             held: std::sync::Mutex::new(held),
             cgroup: cg.path().to_path_buf(),
+            freezer: freezer.clone(),
         })),
         (_, false, _) => {
             abort_setup(init, &report, "the command guard has no listener");
@@ -1140,6 +1151,17 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         WaitStatus::Signaled(_, s, _) => 128u8.wrapping_add(s as u8),
         _ => 125,
     };
+    if let Some(f) = &freezer {
+        // Its processes die with the session's (cgroup.kill is recursive); the session's
+        // cgroup can only go once this child has.
+        let _ = std::fs::write(cg.path().join("cgroup.kill"), "1");
+        for _ in 0..200 {
+            if std::fs::remove_dir(f).is_ok() || !f.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     cg.destroy();
     // The seccomp worker ends when no process is left under the filter; the LSM worker on stop.
     stop.set();
@@ -1196,6 +1218,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     drop(cleanup_sock);
     let _ = std::fs::remove_file(&policy_file);
     Ok(code)
+}
+
+/// Creates the frozen child cgroup `held` of the session's cgroup, where held commands wait
+/// (see `commands::guard`).
+fn held_cgroup(session: &Path) -> std::io::Result<PathBuf> {
+    let p = session.join("held");
+    std::fs::create_dir(&p)?;
+    std::fs::write(p.join("cgroup.freeze"), "1")?;
+    Ok(p)
 }
 
 /// Ends a session whose set-up failed after the fork: the init (and with it everything it

@@ -66,6 +66,10 @@ pub struct ExecGuard {
     pub held: Mutex<HeldPids>,
     /// The session's cgroup directory: its `cgroup.procs` are the possible SIGCONT targets.
     pub cgroup: PathBuf,
+    /// A frozen child cgroup of the session's (`held`): a held process waits there for the
+    /// decision, where no signal but SIGKILL moves it (not even the kernel's SIGCONT to an
+    /// orphaned process group). `None`: it waits stopped only.
+    pub freezer: Option<PathBuf>,
 }
 
 /// What the guard concluded about one exec.
@@ -148,8 +152,27 @@ impl ExecGuard {
         let _ = held.remove(&pid);
     }
 
+    /// Moves a held process into the frozen cgroup; false when it could not be moved.
+    fn freeze(&self, pid: u32) -> bool {
+        match &self.freezer {
+            Some(f) => match std::fs::write(f.join("cgroup.procs"), pid.to_string()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "cannot move a held process into the frozen cgroup");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
     /// Lets a stopped process go on.
     fn release(&self, pid: u32, pidfd: Option<&OwnedFd>) {
+        if self.freezer.is_some() {
+            // Back into the session's cgroup (thawed there; still stopped): a no-op for a
+            // process that never left it.
+            let _ = std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string());
+        }
         self.unhold(pid);
         match pidfd {
             Some(fd) => {
@@ -331,6 +354,7 @@ impl ExecGuard {
                 self.carry_out(p, prior.verdict);
             }
             Admission::Held(info) => {
+                self.freeze(pid);
                 self.report.held(&info);
             }
         }
@@ -423,11 +447,16 @@ impl ExecGuard {
     }
 
     fn session_procs(&self) -> Vec<u32> {
-        std::fs::read_to_string(self.cgroup.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        let mut procs = Vec::new();
+        for dir in std::iter::once(&self.cgroup).chain(self.freezer.as_ref()) {
+            procs.extend(
+                std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok()),
+            );
+        }
+        procs
     }
 }
 
