@@ -476,7 +476,8 @@ fn lsm_terraform_destroy_is_held_denied_is_killed_and_approved_runs() {
 
 /// The kernel's own SIGCONT to a process group that becomes orphaned (POSIX job control: SIGHUP,
 /// then SIGCONT, when the last parent outside the group exits) does not release a held command
-/// either: it waits in a frozen cgroup, which no signal but SIGKILL moves.
+/// either: it waits in a frozen cgroup, which no signal but SIGKILL moves. (A new session, so
+/// that the reaper, the sandbox's init, does not keep the group from being orphaned.)
 #[test]
 fn an_orphaned_process_group_does_not_release_a_held_command() {
     if !privileged() {
@@ -489,7 +490,7 @@ fn an_orphaned_process_group_does_not_release_a_held_command() {
         &[],
         &["--profile", &t.profile, "--net", "none", "--decision-timeout", "60s"],
         &format!(
-            "export PATH={}:/usr/bin:/bin; python3 -c '\nimport os, signal, time\nif os.fork() == 0:\n    os.setpgid(0, 0)\n    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n    os.execvp(\"terraform\", [\"terraform\", \"destroy\", \"-auto-approve\"])\ntime.sleep(1.5)\n'; touch {}/orphaned; i=0; while [ ! -s {marker} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; echo done",
+            "export PATH={}:/usr/bin:/bin; python3 -c '\nimport os, signal, time\nos.setsid()\nif os.fork() == 0:\n    os.setpgid(0, 0)\n    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n    os.execvp(\"terraform\", [\"terraform\", \"destroy\", \"-auto-approve\"])\ntime.sleep(1.5)\n'; touch {}/orphaned; i=0; while [ ! -s {marker} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; echo done",
             t.bin.display(),
             t.w.work.display(),
         ),

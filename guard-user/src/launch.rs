@@ -997,7 +997,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         false => match held_cgroup(cg.path()) {
             Ok(p) => Some(p),
             Err(e) => {
-                abort_setup(init, &report, &format!("the frozen cgroup for held commands: {e}"));
+                abort_setup(
+                    init,
+                    &report,
+                    &format!("the frozen cgroup for held commands: {e}"),
+                );
                 return Err(RunError::Child);
             }
         },
