@@ -420,6 +420,33 @@ mod tests {
     }
 
     #[test]
+    fn held_name_keys_are_fnv1a_of_the_first_15_bytes() {
+        // FNV-1a 64 of "a" (the published test vector).
+        assert_eq!(exec_name_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(exec_name_hash(b"terraform\0junk"), exec_name_hash(b"terraform"));
+        // What the kernel keeps of a long name in comm: the first 15 bytes.
+        assert_eq!(
+            exec_name_hash(b"kubectl-delete-all-things"),
+            exec_name_hash(b"kubectl-delete-")
+        );
+        assert_ne!(exec_name_hash(b"terraform"), exec_name_hash(b"terraform1"));
+    }
+
+    #[test]
+    fn stop_and_script_flags_are_decoded() {
+        let mut rec = record(b"/w/bin/terraform", b"/bin/sh\0/w/bin/terraform\0plan\0", 30);
+        assert!(!ExecEvent::from_record(&rec).stopped);
+        rec.flags = EXEC_STOPPED | EXEC_SCRIPT;
+        let ev = ExecEvent::from_record(&rec);
+        assert!(ev.stopped && ev.script);
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["stopped"], true);
+        rec.flags = 0;
+        let json = serde_json::to_value(ExecEvent::from_record(&rec)).unwrap();
+        assert!(json.get("stopped").is_none() && json.get("script").is_none());
+    }
+
+    #[test]
     fn cgroup_id_is_the_directory_inode() {
         let dir = tempfile::tempdir().unwrap();
         let ino = std::fs::metadata(dir.path()).unwrap().ino();
