@@ -423,7 +423,10 @@ mod tests {
     fn held_name_keys_are_fnv1a_of_the_first_15_bytes() {
         // FNV-1a 64 of "a" (the published test vector).
         assert_eq!(exec_name_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(exec_name_hash(b"terraform\0junk"), exec_name_hash(b"terraform"));
+        assert_eq!(
+            exec_name_hash(b"terraform\0junk"),
+            exec_name_hash(b"terraform")
+        );
         // What the kernel keeps of a long name in comm: the first 15 bytes.
         assert_eq!(
             exec_name_hash(b"kubectl-delete-all-things"),
@@ -434,7 +437,11 @@ mod tests {
 
     #[test]
     fn stop_and_script_flags_are_decoded() {
-        let mut rec = record(b"/w/bin/terraform", b"/bin/sh\0/w/bin/terraform\0plan\0", 30);
+        let mut rec = record(
+            b"/w/bin/terraform",
+            b"/bin/sh\0/w/bin/terraform\0plan\0",
+            30,
+        );
         assert!(!ExecEvent::from_record(&rec).stopped);
         rec.flags = EXEC_STOPPED | EXEC_SCRIPT;
         let ev = ExecEvent::from_record(&rec);
