@@ -1,6 +1,10 @@
-//! Exec observer: reports every exec of a task in a watched cgroup.
+//! Exec observer: reports every exec of a task in a watched cgroup, and stops (before its first
+//! instruction) one of a program `[commands] hold` names, for the user side to check.
 
-use core::{ffi::c_void, ptr::addr_of_mut};
+use core::{
+    ffi::{c_int, c_void},
+    ptr::addr_of_mut,
+};
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_send_signal};
 use aya_ebpf::{
@@ -14,11 +18,25 @@ use aya_ebpf::{
 use guard_common::exec::{ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT, EXEC_STOPPED};
 
 use crate::{
-    kernel::{
-        guard_bprm_filename, guard_exec_hashes, guard_task_arg_range, guard_task_ppid, ExecHashes,
-    },
+    kernel::{guard_bprm_filename, guard_task_arg_range, guard_task_ppid},
     maps::{EXEC_EVENTS, EXEC_LOST, HELD_NAMES, HELD_PIDS, SESSION_CGROUPS},
 };
+
+// From c/exec_read.c (this module's own reads; kernel.rs has core_read.c's).
+extern "C" {
+    /// Hashes of the names of the exec of `task` from `bprm` (see `c/exec_read.c`): returns 1
+    /// for a script, 0 for another program, -1 when nothing could be read. A global function:
+    /// the verifier checks it once; the addresses are passed as scalars.
+    fn guard_exec_hashes(task: u64, bprm: u64, out: *mut ExecHashes) -> c_int;
+}
+
+/// The result of `guard_exec_hashes`: `comm`, the interpreter's name (scripts), the executable
+/// file's name; 0 where not known.
+#[repr(C)]
+pub struct ExecHashes {
+    /// The three hashes.
+    pub h: [u64; 3],
+}
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;

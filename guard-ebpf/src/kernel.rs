@@ -44,18 +44,3 @@ pub struct NameHashes {
     /// `h[0]`: the whole name (0: too long); `h[1..]`: suffixes starting at dots, from the end.
     pub h: [u64; 5],
 }
-
-extern "C" {
-    /// Hashes of the names of the exec of `task` from `bprm` (see `c/exec_read.c`): returns 1
-    /// for a script, 0 for another program, -1 when nothing could be read. A global function:
-    /// the verifier checks it once; the addresses are passed as scalars.
-    pub fn guard_exec_hashes(task: u64, bprm: u64, out: *mut ExecHashes) -> c_int;
-}
-
-/// The result of `guard_exec_hashes`: `comm`, the interpreter's name (scripts), the executable
-/// file's name; 0 where not known.
-#[repr(C)]
-pub struct ExecHashes {
-    /// The three hashes.
-    pub h: [u64; 3],
-}
