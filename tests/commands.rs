@@ -409,6 +409,8 @@ fn unrelated_execs_are_not_stopped_and_job_control_works() {
 }
 
 /// Where BPF LSM programs load (`cargo xtask vm-test`): the same exec hold on `--backend lsm`.
+/// On a host that refuses them the `lsm_` tests skip even under CI: CI runs them in the VMs
+/// (`.ci/run`: `vm-test --test commands -- lsm_`), where a refusal fails them.
 fn lsm_available() -> bool {
     if !privileged() {
         return false;
