@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{privileged, text, World};
+use common::{lsm_available, privileged, text, World};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -406,31 +406,6 @@ fn unrelated_execs_are_not_stopped_and_job_control_works() {
     assert_eq!(tf[0]["stopped"], true);
     assert_eq!(t.ran(), vec!["plan"]);
     assert_eq!(holds_in_log(&t.w, "cmd-free"), 0);
-}
-
-/// Where BPF LSM programs load (`cargo xtask vm-test`): the same exec hold on `--backend lsm`.
-/// On a host that refuses them the `lsm_` tests skip even under CI: CI runs them in the VMs
-/// (`.ci/run`: `vm-test --test commands -- lsm_`), where a refusal fails them.
-fn lsm_available() -> bool {
-    if !privileged() {
-        return false;
-    }
-    let out = std::process::Command::new(common::bin())
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    if v["backend"] == "lsm" {
-        return true;
-    }
-    if std::env::var_os("GUARD_IN_VM").is_some() {
-        panic!(
-            "BPF LSM programs do not load in the test VM: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    eprintln!("SKIP: this kernel refuses BPF LSM programs (run `cargo xtask vm-test`)");
-    false
 }
 
 #[test]

@@ -11,34 +11,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{count_files, decide_each, decide_first, deny_all, make_tree, text, World};
+use common::{
+    count_files, decide_each, decide_first, deny_all, lsm_available, make_tree, text, World,
+};
 
 const T: Duration = Duration::from_secs(120);
 const LSM: &[&str] = &["--backend", "lsm"];
-
-/// True when BPF LSM programs load here (checked with `sandbox doctor`); inside the VM a refusal
-/// is a failure.
-fn lsm_available() -> bool {
-    if !common::privileged() {
-        return false;
-    }
-    let out = std::process::Command::new(common::bin())
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    if v["backend"] == "lsm" {
-        return true;
-    }
-    if std::env::var_os("GUARD_IN_VM").is_some() {
-        panic!(
-            "BPF LSM programs do not load in the test VM: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    eprintln!("SKIP: this kernel refuses BPF LSM programs (run `cargo xtask vm-test`)");
-    false
-}
 
 #[test]
 fn lsm_rm_of_protected_file_is_held_until_denied_then_approved() {

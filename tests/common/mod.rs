@@ -457,3 +457,29 @@ pub fn have_tools(tools: &[&str]) -> bool {
     eprintln!("SKIP: this test needs {missing:?} (run scripts/setup.sh)");
     false
 }
+
+/// True when BPF LSM programs load here (checked with `sandbox doctor`). Inside the test VM
+/// (`GUARD_IN_VM`) a refusal is a failure; elsewhere the test skips with the reason, even under
+/// CI: hosts like the CI machine refuse LSM programs, and CI runs these tests in the VMs
+/// (`cargo xtask vm-test`).
+pub fn lsm_available() -> bool {
+    if !privileged() {
+        return false;
+    }
+    let out = std::process::Command::new(bin())
+        .args(["doctor", "--json"])
+        .output()
+        .expect("sandbox doctor");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if v["backend"] == "lsm" {
+        return true;
+    }
+    if std::env::var_os("GUARD_IN_VM").is_some() {
+        panic!(
+            "BPF LSM programs do not load in the test VM: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    eprintln!("SKIP: this kernel refuses BPF LSM programs (run `cargo xtask vm-test`)");
+    false
+}
