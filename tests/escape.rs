@@ -1,0 +1,555 @@
+//! The escape suite on this host's backend (seccomp + Landlock), through the real binary. Each
+//! case tries to destroy a protected file, or to get out from under the guard, while an automatic
+//! denier answers every hold; it asserts the protected data survived and the session ended.
+//! docs/SECURITY.md lists every case (and the attacks covered by the other test files).
+
+// Tests fail loudly on any unexpected error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{deny_all, privileged, text, World};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A world with a protected directory `p/` holding `p/f` ("keep"); returns (world, p, p/f).
+fn protected() -> (World, PathBuf, PathBuf) {
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    (w, prot, f)
+}
+
+/// Asserts `f` still holds "keep", with the session's output for the message.
+fn intact(f: &Path, out: &std::process::Output) {
+    assert_eq!(
+        std::fs::read_to_string(f).ok().as_deref(),
+        Some("keep"),
+        "protected file destroyed or changed\n{}",
+        text(out)
+    );
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn unlink_rename_truncate_through_proc_self_root_are_held() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    let r = format!("/proc/self/root{}", f.display());
+    let script = format!(
+        "rm {r}; mv {r} /proc/self/root{work}/moved; truncate -s 0 {r}; (: > {r}); echo end",
+        work = w.work.display()
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-selfroot", &prot, &script);
+    assert!(stdout(&out).contains("end"), "{}", text(&out));
+    assert!(holds.len() >= 4, "every attempt is held: {holds:?}");
+    intact(&f, &out);
+}
+
+#[test]
+fn unlink_rename_truncate_through_proc_pid_root_are_held() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    // $$ is the shell, 1 the session's first process: both are in the session's namespaces.
+    let script = format!(
+        "for p in $$ 1; do r=/proc/$p/root{f}; rm $r; mv $r {work}/moved; truncate -s 0 $r; done; echo end",
+        f = f.display(),
+        work = w.work.display()
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-pidroot", &prot, &script);
+    assert!(stdout(&out).contains("end"), "{}", text(&out));
+    assert!(!holds.is_empty(), "{}", text(&out));
+    intact(&f, &out);
+}
+
+#[test]
+fn o_path_fds_and_proc_self_cwd_reach_nothing() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    // O_PATH directory fd + /proc/self/fd/N/f; an O_PATH fd of the file reopened for writing with
+    // O_TRUNC through its magic link; an O_RDONLY fd of the file likewise; rm through the cwd.
+    let py = format!(
+        "import os\n\
+         def t(what, fn):\n\
+         \x20   try:\n\
+         \x20       fn(); print(what + '=ok')\n\
+         \x20   except OSError as e:\n\
+         \x20       print(what + '=' + str(e.errno))\n\
+         d = os.open('{p}', os.O_PATH | os.O_DIRECTORY)\n\
+         t('unlink_opath', lambda: os.unlink('/proc/self/fd/%d/f' % d))\n\
+         t('rename_opath', lambda: os.rename('/proc/self/fd/%d/f' % d, '/proc/self/fd/%d/g' % d))\n\
+         fp = os.open('{f}', os.O_PATH)\n\
+         t('trunc_opath', lambda: os.open('/proc/self/fd/%d' % fp, os.O_WRONLY | os.O_TRUNC))\n\
+         fr = os.open('{f}', os.O_RDONLY)\n\
+         t('trunc_rdonly', lambda: os.open('/proc/self/fd/%d' % fr, os.O_WRONLY | os.O_TRUNC))\n\
+         t('truncate_fdpath', lambda: os.truncate('/proc/self/fd/%d' % fr, 0))\n",
+        p = prot.display(),
+        f = f.display()
+    );
+    let pyfile = w.file("attack.py", &py);
+    let script = format!(
+        "python3 {py}; cd {p} && rm /proc/self/cwd/f; mv /proc/self/cwd/f /proc/self/cwd/../moved; echo end",
+        py = pyfile.display(),
+        p = prot.display()
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-fdcwd", &prot, &script);
+    let s = stdout(&out);
+    assert!(s.contains("end"), "{}", text(&out));
+    assert!(!s.contains("=ok"), "an attempt succeeded\n{}", text(&out));
+    assert!(!holds.is_empty(), "{}", text(&out));
+    intact(&f, &out);
+}
+
+#[test]
+fn renaming_a_parent_of_the_protected_tree_away_is_held() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("a/b/prot");
+    let f = w.file("a/b/prot/f", "keep");
+    let script = format!(
+        "mv {a} {work}/a2; echo mv_a=$?; mv {a}/b {work}/b2; echo mv_b=$?; \
+         python3 -c 'import os; os.rename(\"{a}\", \"{work}/a3\")'; echo py=$?",
+        a = w.work.join("a").display(),
+        work = w.work.display()
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-parent", &prot, &script);
+    let s = stdout(&out);
+    assert!(
+        s.contains("mv_a=1") && s.contains("mv_b=1") && s.contains("py=1"),
+        "a parent rename went through\n{}",
+        text(&out)
+    );
+    assert!(!holds.is_empty(), "{}", text(&out));
+    intact(&f, &out);
+}
+
+#[test]
+fn moving_the_protected_file_to_another_file_system_leaves_it() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    // mv across file systems is copy + unlink: the unlink is held and denied. /dev/shm and the
+    // session's /tmp are tmpfs; whichever is writable receives the copy.
+    let script = format!(
+        "for d in /dev/shm /tmp; do mv {f} $d/stolen-esc-xfs; echo $d=$?; done; echo end",
+        f = f.display()
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-xfs", &prot, &script);
+    let s = stdout(&out);
+    assert!(s.contains("end"), "{}", text(&out));
+    assert!(
+        !s.contains("/dev/shm=0") && !s.contains("/tmp=0"),
+        "{}",
+        text(&out)
+    );
+    assert!(!holds.is_empty(), "{}", text(&out));
+    intact(&f, &out);
+    let _ = std::fs::remove_file("/dev/shm/stolen-esc-xfs");
+}
+
+#[test]
+fn chmod_of_the_protected_tree_first_then_rm_destroys_nothing() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    let script = format!(
+        "chmod 000 {f}; chmod -w {p}; chmod 000 {p}; rm -rf {p}; chmod 755 {p}; chmod -R u+w {p}; \
+         rm -rf {p}; echo rm=$?",
+        f = f.display(),
+        p = prot.display()
+    );
+    let (_, out) = deny_all(&w, &[], "esc-chmod", &prot, &script);
+    assert!(stdout(&out).contains("rm=1"), "{}", text(&out));
+    intact(&f, &out);
+}
+
+#[test]
+fn a_symlink_swap_race_through_proc_self_root_deletes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    // tests/hold.rs races plain paths; this races a /proc/self/root/ spelling of the victim.
+    let race = common::prog("race_unlink");
+    let harmless = w.work.join("h");
+    let script = format!(
+        "{} {} /proc/self/root{} 5",
+        race.display(),
+        harmless.display(),
+        f.display()
+    );
+    let (_, out) = deny_all(&w, &[], "esc-race", &prot, &script);
+    assert!(stdout(&out).contains("tries="), "{}", text(&out));
+    intact(&f, &out);
+}
+
+/// The supervisor pid of a live session, from `sandbox sessions --json`.
+fn supervisor_pid(w: &World, session: &str) -> u32 {
+    let t0 = Instant::now();
+    loop {
+        let out = w.cmd(&["sessions", "--json"]).output().unwrap();
+        if let Ok(Value::Array(v)) = serde_json::from_slice::<Value>(&out.stdout) {
+            if let Some(s) = v.iter().find(|s| s["session"] == session) {
+                return s["pid"].as_u64().unwrap() as u32;
+            }
+        }
+        assert!(t0.elapsed() < T, "session {session} never listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_session_cannot_see_signal_ptrace_or_read_the_supervisor() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    let go = w.work.join("sup");
+    let py = "import ctypes, os, sys\n\
+              s = int(sys.argv[1])\n\
+              libc = ctypes.CDLL(None, use_errno=True)\n\
+              r = libc.ptrace(16, s, 0, 0)\n\
+              print('ptrace=%d' % (ctypes.get_errno() if r < 0 else 0))\n\
+              try:\n\
+              \x20   open('/proc/%d/mem' % s, 'rb').read(1); print('mem=ok')\n\
+              except OSError as e:\n\
+              \x20   print('mem=%d' % e.errno)\n";
+    let pyfile = w.file("sup.py", py);
+    let script = format!(
+        "while [ ! -s {go} ]; do sleep 0.05; done; S=$(cat {go}); \
+         [ -e /proc/$S ] && echo visible || echo invisible; \
+         grep -l 'sandbox' /proc/[0-9]*/cmdline 2>/dev/null | tr '\\n' ' '; echo; \
+         kill -9 $S; echo kill=$?; kill -STOP $S; echo stop=$?; python3 {py} $S; \
+         kill -9 $PPID; kill -9 1; rm {f}; echo end",
+        go = go.display(),
+        py = pyfile.display(),
+        f = f.display()
+    );
+    let name = "esc-super";
+    let mut r = w.run(name, &[&prot], &[], &script);
+    let sup = supervisor_pid(&w, name);
+    std::fs::write(&go, sup.to_string()).unwrap();
+    common::chown(&go);
+    let t0 = Instant::now();
+    while r.child.try_wait().unwrap().is_none() {
+        for h in w.pending().into_iter().filter(|h| h["session"] == name) {
+            w.decide("deny", h["id"].as_str().unwrap(), &["--scope", "once"]);
+        }
+        assert!(t0.elapsed() < T, "session did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = r.finish(T);
+    let s = stdout(&out);
+    assert!(s.contains("invisible"), "{}", text(&out));
+    assert!(
+        s.contains("kill=1") && s.contains("stop=1"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !s.contains("ptrace=0") && !s.contains("mem=ok"),
+        "{}",
+        text(&out)
+    );
+    assert!(s.contains("end"), "{}", text(&out));
+    intact(&f, &out);
+    // The session ended because its command did, not because the supervisor died.
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn moving_into_another_cgroup_does_not_escape_the_guard() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    let script = format!(
+        "cat /proc/self/cgroup; for c in /sys/fs/cgroup/cgroup.procs /sys/fs/cgroup/*/cgroup.procs; do \
+         echo $$ > $c 2>/dev/null && echo moved:$c; done; \
+         mkdir /sys/fs/cgroup/esc 2>/dev/null && echo mkdir_ok; rm {f}; echo end",
+        f = f.display()
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-cgroup", &prot, &script);
+    let s = stdout(&out);
+    assert!(s.contains("end"), "{}", text(&out));
+    assert!(
+        !s.contains("moved:") && !s.contains("mkdir_ok"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(holds.len(), 1, "the rm after the attempt is still held");
+    intact(&f, &out);
+}
+
+#[test]
+fn unshare_and_setns_cannot_shed_the_guard() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    let script = format!(
+        "unshare -U -r rm {f}; echo unshare_u=$?; unshare -m rm {f}; echo unshare_m=$?; \
+         nsenter -t 1 -m -U rm {f}; echo nsenter=$?; rm {f}; echo end",
+        f = f.display()
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-ns", &prot, &script);
+    let s = stdout(&out);
+    assert!(s.contains("end"), "{}", text(&out));
+    for k in ["unshare_u=0", "unshare_m=0", "nsenter=0"] {
+        assert!(!s.contains(k), "{k}\n{}", text(&out));
+    }
+    assert!(!holds.is_empty(), "the plain rm is held");
+    intact(&f, &out);
+}
+
+#[test]
+fn bpf_perf_mount_and_namespace_syscalls_are_refused_without_a_profile() {
+    if !privileged() {
+        return;
+    }
+    // tests/profile_run.rs runs the same program under a profile; this is a bare `run`.
+    let (w, prot, f) = protected();
+    let esc = common::prog("escapes");
+    let (_, out) = deny_all(&w, &[], "esc-sys", &prot, &esc.display().to_string());
+    let s = stdout(&out);
+    for k in ["bpf=1", "io_uring_setup=1", "unshare_user=1", "setns=1"] {
+        assert!(s.contains(k), "{k} expected (EPERM)\n{}", text(&out));
+    }
+    for k in [
+        "mount=0",
+        "perf_event_open=0",
+        "ptrace_parent=0",
+        "keyctl=0",
+    ] {
+        assert!(!s.contains(k), "{k}\n{}", text(&out));
+    }
+    intact(&f, &out);
+}
+
+#[test]
+fn sigkill_of_a_held_process_leaves_the_file() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    let script = format!(
+        "rm {f} & P=$!; sleep 1; kill -9 $P; wait $P; echo rc=$?; sleep 1; cat {f}; echo; echo end",
+        f = f.display()
+    );
+    let name = "esc-kill";
+    let mut r = w.run(name, &[&prot], &[], &script);
+    w.wait_hold(name, T);
+    // Nobody decides for 5 s: the held rm is killed meanwhile.
+    let t0 = Instant::now();
+    while r.child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(5) {
+            for h in w.pending().into_iter().filter(|h| h["session"] == name) {
+                w.decide("deny", h["id"].as_str().unwrap(), &["--scope", "once"]);
+            }
+        }
+        assert!(t0.elapsed() < T, "session did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = r.finish(T);
+    let s = stdout(&out);
+    assert!(
+        s.contains("rc=137") && s.contains("keep") && s.contains("end"),
+        "{}",
+        text(&out)
+    );
+    intact(&f, &out);
+}
+
+/// Starts a session whose `rm` of its protected file is held; returns it, the hold and the
+/// session's control socket.
+fn held_rm(name: &str) -> (World, PathBuf, common::Running, Value, PathBuf) {
+    let (w, prot, f) = protected();
+    let r = w.run(
+        name,
+        &[&prot],
+        &[],
+        &format!("rm {}; echo rm=$?", f.display()),
+    );
+    let h = w.wait_hold(name, T);
+    let sock = w.state.join(format!("{name}.sock"));
+    drop(prot);
+    (w, f, r, h, sock)
+}
+
+#[test]
+fn flooding_the_control_socket_with_garbage_and_forged_decisions_releases_nothing() {
+    if !privileged() {
+        return;
+    }
+    let name = "esc-flood";
+    let (w, f, r, h, sock) = held_rm(name);
+    // 4 threads x 100 connections from outside: garbage, or a forged decision for a wrong id.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                for i in 0..100 {
+                    let Ok(mut c) = UnixStream::connect(&sock) else {
+                        continue;
+                    };
+                    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    let msg: &[u8] = if (i + t) % 2 == 0 {
+                        b"\x00\xff{{{{ not json\n"
+                    } else {
+                        b"{\"op\":\"decide\",\"id\":\"h-999999\",\"verdict\":\"approve\",\"scope\":\"session\"}\n"
+                    };
+                    let _ = c.write_all(msg);
+                    let mut s = String::new();
+                    let _ = c.read_to_string(&mut s);
+                    answers.push(s);
+                }
+                answers
+            })
+        })
+        .collect();
+    let answers: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        answers.iter().all(|a| !a.contains("\"ok\":true")),
+        "garbage or a forged decision was accepted"
+    );
+    // The hold is still pending and a real denial still works.
+    assert!(
+        w.pending().into_iter().any(|p| p["id"] == h["id"]),
+        "the hold vanished under the flood"
+    );
+    w.decide("deny", h["id"].as_str().unwrap(), &[]);
+    let out = r.finish(T);
+    assert!(stdout(&out).contains("rm=1"), "{}", text(&out));
+    intact(&f, &out);
+}
+
+#[test]
+#[ignore = "hole: the control socket serves one connection at a time and waits up to 5 s for \
+            its request line, so idle connections stall it and `sandbox pending` silently omits \
+            the session (docs/SECURITY.md, known limits)"]
+fn idle_connections_to_the_control_socket_do_not_hide_a_hold() {
+    if !privileged() {
+        return;
+    }
+    let name = "esc-idle";
+    let (w, f, r, h, sock) = held_rm(name);
+    let conns: Vec<UnixStream> = (0..20)
+        .filter_map(|_| UnixStream::connect(&sock).ok())
+        .collect();
+    let t0 = Instant::now();
+    let listed = w.pending().into_iter().any(|p| p["id"] == h["id"]);
+    let took = t0.elapsed();
+    drop(conns);
+    w.decide("deny", h["id"].as_str().unwrap(), &[]);
+    let out = r.finish(T);
+    intact(&f, &out);
+    assert!(
+        listed,
+        "the held rm is missing from `pending` (it took {took:?})"
+    );
+    assert!(took < Duration::from_secs(5), "`pending` took {took:?}");
+}
+
+#[test]
+fn a_bounded_process_burst_does_not_stop_the_guard() {
+    if !privileged() {
+        return;
+    }
+    // The session has no pids limit (docs/SECURITY.md, known limits): an unbounded fork bomb
+    // would take the host down, so this is 300 processes, then a held rm.
+    let (w, prot, f) = protected();
+    let script = format!(
+        "i=0; while [ $i -lt 300 ]; do sleep 20 & i=$((i+1)); done; \
+         echo procs=$(ls -d /proc/[0-9]* | wc -l); rm {f}; echo rm=$?; kill $(jobs -p) 2>/dev/null; echo end",
+        f = f.display()
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-burst", &prot, &script);
+    let s = stdout(&out);
+    assert!(s.contains("rm=1") && s.contains("end"), "{}", text(&out));
+    assert_eq!(holds.len(), 1);
+    intact(&f, &out);
+}
+
+/// A non-loopback address of this host, if it has one.
+fn host_address() -> Option<String> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| a.contains('.') && !a.starts_with("127."))
+        .map(str::to_owned)
+}
+
+#[test]
+fn a_process_ignoring_the_proxy_variables_reaches_nothing() {
+    if !privileged() {
+        return;
+    }
+    let Some(addr) = host_address() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("this host has no non-loopback IPv4 address, and CI is set");
+        }
+        eprintln!("SKIP: no non-loopback IPv4 address");
+        return;
+    };
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    let (w, prot, f) = protected();
+    let py = format!(
+        "import socket\n\
+         for a in ['{addr}', '1.1.1.1', '127.0.0.1']:\n\
+         \x20   try:\n\
+         \x20       socket.create_connection((a, {port}), timeout=3); print(a + '=connected')\n\
+         \x20   except OSError as e:\n\
+         \x20       print(a + '=' + str(e.errno))\n"
+    );
+    let pyfile = w.file("net.py", &py);
+    let script = format!(
+        "unset HTTPS_PROXY HTTP_PROXY https_proxy http_proxy ALL_PROXY; python3 {}; echo end",
+        pyfile.display()
+    );
+    let (_, out) = deny_all(&w, &[], "esc-noproxy", &prot, &script);
+    let s = stdout(&out);
+    assert!(s.contains("end"), "{}", text(&out));
+    assert!(!s.contains("=connected"), "{}", text(&out));
+    assert_eq!(
+        n.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "{}",
+        text(&out)
+    );
+    intact(&f, &out);
+}
