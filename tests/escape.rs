@@ -447,9 +447,6 @@ fn flooding_the_control_socket_with_garbage_and_forged_decisions_releases_nothin
 }
 
 #[test]
-#[ignore = "hole: the control socket serves one connection at a time and waits up to 5 s for \
-            its request line, so idle connections stall it and `sandbox pending` silently omits \
-            the session (docs/SECURITY.md, known limits)"]
 fn idle_connections_to_the_control_socket_do_not_hide_a_hold() {
     if !privileged() {
         return;

@@ -204,34 +204,69 @@ fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
     Ok(cred.pid as u32)
 }
 
-/// Serves the control socket of a session until the listener is closed.
+/// Connections answered at the same time; more are told the session is busy at once.
+const MAX_CONNECTIONS: usize = 32;
+
+/// Serves the control socket of a session until the listener is closed. Each connection has a
+/// thread of its own (at most [`MAX_CONNECTIONS`]), so a client that connects and says nothing
+/// delays nobody else.
 pub fn serve(
     listener: UnixListener,
     sup: Arc<dyn Decider>,
     default_scope: Scope,
-    info: impl Fn() -> SessionInfo + Send + 'static,
+    info: impl Fn() -> SessionInfo + Send + Sync + 'static,
 ) {
+    let info = Arc::new(info);
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for conn in listener.incoming() {
         let Ok(mut stream) = conn else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-        // Read the request first (so a refused peer gets the answer, not a broken pipe), but
-        // act on it only for an allowed peer.
-        let mut line = String::new();
-        let read = BufReader::new(&stream).take(64 * 1024).read_line(&mut line);
-        let answer = match (peer_allowed(&stream), read) {
-            (Err(e), _) => Answer::err(e),
-            (Ok(_), Err(e)) => Answer::err(format!("read: {e}")),
-            (Ok(peer), Ok(_)) => match serde_json::from_str::<Request>(&line) {
-                Ok(req) => handle(req, sup.as_ref(), default_scope, &info, peer),
-                Err(e) => Answer::err(format!("bad request: {e}")),
-            },
-        };
-        if let Ok(mut s) = serde_json::to_string(&answer) {
-            s.push('\n');
-            let _ = stream.write_all(s.as_bytes());
+        if busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+            busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            reply(&mut stream, &Answer::err("busy: too many connections"));
+            continue;
+        }
+        let (sup, info, busy2) = (sup.clone(), info.clone(), busy.clone());
+        let spawned = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                answer(stream, sup.as_ref(), default_scope, info.as_ref());
+                busy2.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
+}
+
+fn reply(stream: &mut UnixStream, answer: &Answer) {
+    if let Ok(mut s) = serde_json::to_string(answer) {
+        s.push('\n');
+        let _ = stream.write_all(s.as_bytes());
+    }
+}
+
+/// Reads one request from `stream` and answers it.
+fn answer(
+    mut stream: UnixStream,
+    sup: &dyn Decider,
+    default_scope: Scope,
+    info: &dyn Fn() -> SessionInfo,
+) {
+    // Read the request first (so a refused peer gets the answer, not a broken pipe), but
+    // act on it only for an allowed peer.
+    let mut line = String::new();
+    let read = BufReader::new(&stream).take(64 * 1024).read_line(&mut line);
+    let answer = match (peer_allowed(&stream), read) {
+        (Err(e), _) => Answer::err(e),
+        (Ok(_), Err(e)) => Answer::err(format!("read: {e}")),
+        (Ok(peer), Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(req, sup, default_scope, info, peer),
+            Err(e) => Answer::err(format!("bad request: {e}")),
+        },
+    };
+    reply(&mut stream, &answer);
 }
 
 fn handle(
