@@ -53,6 +53,7 @@ static long (*const bpf_probe_read_kernel_str)(void *dst, __u32 size, const void
 // Bytes of bprm->interp read to find its last component (#! lines are short; a longer
 // interpreter path is still known by the executable's own name, h[2]).
 #define INTERP_LEN 128
+#define LAST_SCAN 64
 
 struct guard_exec_hashes {
 	// h[0]: comm (the last component of the path given to exec, as the kernel set it);
@@ -107,27 +108,34 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 		script = 1;
 		n = bpf_probe_read_kernel_str(buf, sizeof(buf), interp);
 		if (n > 1) {
-			// One pass: the hash restarts after each '/', so it ends as the last
-			// component's (its first EXEC_NAME_LEN bytes). No index depends on the data.
-			__u64 h = HASH_BASIS;
-			__u32 cnt = 0;
+			// The last component: scan back from the end for the '/' (at most
+			// LAST_SCAN bytes), then hash at most EXEC_NAME_LEN bytes after it. Loops
+			// with fixed bounds and no counter the verifier must track per byte (a
+			// forward scan of the whole path cost ~300 ms of verification per load).
+			// A last component longer than LAST_SCAN - 1 bytes is not hashed.
+			__u32 len = (__u32)(n - 1) & (INTERP_LEN - 1);
+			__u32 start = INTERP_LEN;
 
-			for (__u32 i = 0; i < INTERP_LEN; i++) {
-				unsigned char c = buf[i];
-
-				if (c == 0)
+			for (__u32 i = 1; i <= LAST_SCAN; i++) {
+				if (i > len) {
+					start = 0;
 					break;
-				if (c == '/') {
-					h = HASH_BASIS;
-					cnt = 0;
-					continue;
 				}
-				if (cnt < EXEC_NAME_LEN)
-					h = (h ^ c) * HASH_PRIME;
-				cnt++;
+				if (buf[(len - i) & (INTERP_LEN - 1)] == '/') {
+					start = len - i + 1;
+					break;
+				}
 			}
-			if (cnt > 0)
+			if (start < len) {
+				__u64 h = HASH_BASIS;
+
+				for (__u32 i = 0; i < EXEC_NAME_LEN; i++) {
+					if (start + i >= len)
+						break;
+					h = (h ^ buf[(start + i) & (INTERP_LEN - 1)]) * HASH_PRIME;
+				}
 				res->h[1] = h;
+			}
 		}
 	}
 
