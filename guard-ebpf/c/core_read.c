@@ -303,7 +303,7 @@ int guard_exe_is_git(void)
 	struct mm_struct *mm = 0;
 	struct file *exe = 0;
 	struct dentry *d = 0, *p = 0;
-	char name[8] = {}, dir[16] = {};
+	char name[8], dir[16]; // written by the probe reads before any use
 	int named;
 
 	if (t == 0 || CORE_READ_INTO(&mm, t, mm) != 0 || mm == 0)

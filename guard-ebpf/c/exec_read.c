@@ -55,6 +55,15 @@ static long (*const bpf_probe_read_kernel_str)(void *dst, __u32 size, const void
 #define INTERP_LEN 128
 #define LAST_SCAN 64
 
+// An index into the interpreter buffer, masked after an optimization barrier: clang would
+// otherwise drop the mask where it can prove the bound, and 6.1's verifier cannot follow
+// that proof ("invalid unbounded variable-offset read from stack").
+static __u32 masked(__u32 i)
+{
+	asm volatile("" : "+r"(i));
+	return i & (INTERP_LEN - 1);
+}
+
 struct guard_exec_hashes {
 	// h[0]: comm (the last component of the path given to exec, as the kernel set it);
 	// h[1]: the last component of bprm->interp when a script's interpreter was run (else 0);
@@ -84,24 +93,25 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 {
 	const struct task_struct___exec *task = (const struct task_struct___exec *)task_addr;
 	const struct linux_binprm___exec *bprm = (const struct linux_binprm___exec *)bprm_addr;
-	unsigned char comm[16] = {0};
-	unsigned char buf[INTERP_LEN] = {0};
+	unsigned char comm[16]; // written whole by the probe read (no memset call: 6.1 refuses it)
+	unsigned char buf[INTERP_LEN];
 	const char *filename = 0, *interp = 0;
 	struct mm_struct___exec *mm = 0;
 	struct file___exec *exe = 0;
 	struct dentry___exec *d = 0;
 	const unsigned char *dname = 0;
 	int script = 0;
+	__u64 h0 = 0, h1 = 0, h2 = 0;
 	long n;
 
 	if (res == 0 || task == 0)
 		return -1;
-	res->h[0] = 0;
-	res->h[1] = 0;
-	res->h[2] = 0;
+	// The results go to locals and are stored once at the end: three zero stores in a row would
+	// become a call to memset, a global function that 6.1's verifier refuses to be called with
+	// this pointer.
 
 	if (READ(&comm, task, comm) == 0)
-		res->h[0] = hash_name(comm, 16);
+		h0 = hash_name(comm, 16);
 
 	if (bprm != 0 && READ(&filename, bprm, filename) == 0 && READ(&interp, bprm, interp) == 0 &&
 	    interp != 0 && interp != filename) {
@@ -121,7 +131,7 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 					start = 0;
 					break;
 				}
-				if (buf[(len - i) & (INTERP_LEN - 1)] == '/') {
+				if (buf[masked(len - i)] == '/') {
 					start = len - i + 1;
 					break;
 				}
@@ -132,9 +142,9 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 				for (__u32 i = 0; i < EXEC_NAME_LEN; i++) {
 					if (start + i >= len)
 						break;
-					h = (h ^ buf[(start + i) & (INTERP_LEN - 1)]) * HASH_PRIME;
+					h = (h ^ buf[masked(start + i)]) * HASH_PRIME;
 				}
-				res->h[1] = h;
+				h1 = h;
 			}
 		}
 	}
@@ -142,10 +152,13 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 	if (READ(&mm, task, mm) == 0 && mm != 0 && READ(&exe, mm, exe_file) == 0 && exe != 0 &&
 	    READ(&d, exe, f_path.dentry) == 0 && d != 0 && READ(&dname, d, d_name.name) == 0 &&
 	    dname != 0) {
-		unsigned char en[16] = {0};
+		unsigned char en[16];
 
 		if (bpf_probe_read_kernel_str(en, sizeof(en), dname) > 1)
-			res->h[2] = hash_name(en, 16);
+			h2 = hash_name(en, 16);
 	}
+	res->h[0] = h0;
+	res->h[1] = h1;
+	res->h[2] = h2;
 	return script;
 }
