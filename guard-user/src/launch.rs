@@ -567,15 +567,15 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         .or(profile.decisions.timeout)
         .unwrap_or(Duration::from_secs(600));
     // The backend: probe by loading, never by reading the LSM list.
+    // Name patterns the LSM programs cannot match keep a profile on the seccomp backend.
+    let lsm_patterns = files::lsm::check_patterns(&prot);
     let (backend, lsm_refused) = match args.backend {
         Backend::Seccomp => (Backend::Seccomp, None),
         Backend::Lsm => {
             files::lsm::probe_with(btf.get()?)?;
             (Backend::Lsm, None)
         }
-        Backend::Auto if files::lsm::check_patterns(&prot).is_err() => {
-            (Backend::Seccomp, files::lsm::check_patterns(&prot).err())
-        }
+        Backend::Auto if lsm_patterns.is_err() => (Backend::Seccomp, lsm_patterns.clone().err()),
         Backend::Auto => {
             ensure_private_dir(&control::state_dir())?;
             match files::lsm::probe_cached(&control::state_dir(), || {
@@ -587,7 +587,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         }
     };
     if backend == Backend::Lsm {
-        if let Err(e) = files::lsm::check_patterns(&prot) {
+        if let Err(e) = &lsm_patterns {
             return Err(RunError::Usage(format!(
                 "--backend lsm: {e}; use --backend seccomp"
             )));
