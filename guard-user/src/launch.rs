@@ -1057,6 +1057,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 connect: connect_held.clone(),
                 exec: exec_guard.clone(),
+                creds: Default::default(),
             });
             let s2 = sup.clone();
             worker = std::thread::Builder::new()

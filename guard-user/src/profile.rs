@@ -410,6 +410,10 @@ impl Serialize for ResolvedFiles {
 pub struct PatternSet {
     patterns: Vec<String>,
     set: GlobSet,
+    /// When every pattern is a name (`NAME`, `*.tfstate`, `**/.git`: no `/` but a leading
+    /// `**/`), the same globs over a single name: [`PatternSet::covers`] then matches each
+    /// component of the path once instead of the whole path of every ancestor.
+    names: Option<GlobSet>,
 }
 
 impl Default for PatternSet {
@@ -417,8 +421,19 @@ impl Default for PatternSet {
         PatternSet {
             patterns: Vec::new(),
             set: GlobSet::empty(),
+            names: None,
         }
     }
+}
+
+/// The name glob of a pattern that matches a single path component anywhere (`NAME`,
+/// `**/NAME`), if it is one.
+fn name_glob(pattern: &str) -> Option<&str> {
+    if pattern.starts_with('/') {
+        return None;
+    }
+    let rest = pattern.strip_prefix("**/").unwrap_or(pattern);
+    (!rest.is_empty() && !rest.contains('/') && !rest.contains("**")).then_some(rest)
 }
 
 impl PartialEq for PatternSet {
@@ -434,9 +449,24 @@ impl PatternSet {
         for p in patterns {
             b.add(compile_glob(p.as_ref())?);
         }
+        let names = match patterns
+            .iter()
+            .map(|p| name_glob(p.as_ref()))
+            .collect::<Option<Vec<&str>>>()
+        {
+            Some(names) if !names.is_empty() => {
+                let mut nb = GlobSetBuilder::new();
+                for n in names {
+                    nb.add(GlobBuilder::new(n).literal_separator(true).build()?);
+                }
+                Some(nb.build()?)
+            }
+            _ => None,
+        };
         Ok(PatternSet {
             patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(),
             set: b.build()?,
+            names,
         })
     }
 
@@ -458,6 +488,16 @@ impl PatternSet {
     /// True when `path` or one of its ancestors matches: what a pattern naming a directory
     /// (`**/.git`) protects.
     pub fn covers(&self, path: &Path) -> bool {
+        match &self.names {
+            Some(names) => path.iter().any(|c| c != "/" && names.is_match(c)),
+            None => path.ancestors().any(|a| self.set.is_match(a)),
+        }
+    }
+
+    /// [`PatternSet::covers`] the slow way (every ancestor against the whole-path globs), for
+    /// tests of the fast one.
+    #[cfg(test)]
+    fn covers_by_ancestors(&self, path: &Path) -> bool {
         path.ancestors().any(|a| self.set.is_match(a))
     }
 }
@@ -1982,6 +2022,50 @@ hold = ["kubectl   delete"]
         );
         assert!(p.covers(Path::new("/r/.git")));
         assert!(!p.covers(Path::new("/r/src/git/x")));
+    }
+
+    #[test]
+    fn covers_by_names_agrees_with_covers_by_ancestors() {
+        let sets: &[&[&str]] = &[
+            &["**/.git", "**/*.tfstate", "**/*.tfstate.backup"],
+            &[".git"],
+            &["*.tfstate", "db.sqlite?", "[ab].key"],
+            &["**/.git", "backups/*.tar"],
+            &["/srv/**/db.sqlite"],
+        ];
+        let paths = [
+            "/",
+            "/.git",
+            "/r/.git",
+            "/r/.git/objects/ab/cdef",
+            "/r/.gitignore",
+            "/r/src/git/x",
+            "/a/x.tfstate",
+            "/a/x.tfstate/inner",
+            "/a/x.tfstate.backup",
+            "/a/x.tfstate.bak",
+            "/a/db.sqlite3",
+            "/a/db.sqlite",
+            "/a/a.key/x",
+            "/a/c.key",
+            "/x/backups/1.tar",
+            "/x/backups/sub/1.tar",
+            "/srv/a/db.sqlite",
+            "/home/u/.git/../x",
+            "/home/u/./.git",
+        ];
+        for patterns in sets {
+            let p = PatternSet::new(patterns).unwrap();
+            let fast = patterns.iter().all(|x| name_glob(x).is_some());
+            assert_eq!(p.names.is_some(), fast, "{patterns:?}");
+            for path in paths {
+                assert_eq!(
+                    p.covers(Path::new(path)),
+                    p.covers_by_ancestors(Path::new(path)),
+                    "{patterns:?} on {path}"
+                );
+            }
+        }
     }
 
     #[test]

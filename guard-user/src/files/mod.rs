@@ -85,6 +85,24 @@ fn canonical(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
     Ok(roots)
 }
 
+/// True when `b` is an absolute path whose components are exactly its `/`-separated parts: no
+/// empty or `.` part, no trailing `/` (as the kernel names a directory handle, and such a name
+/// joined with plain names).
+fn plain_abs(b: &[u8]) -> bool {
+    if b == b"/" {
+        return true;
+    }
+    b.first() == Some(&b'/')
+        && b[1..]
+            .split(|&c| c == b'/')
+            .all(|c| !c.is_empty() && c != b".")
+}
+
+/// True when plain absolute `path` is `root` or lies below it (`root` plain too).
+fn under(path: &[u8], root: &[u8]) -> bool {
+    path.starts_with(root) && (path.len() == root.len() || root == b"/" || path[root.len()] == b'/')
+}
+
 /// Every proper ancestor of `roots`.
 pub(crate) fn ancestors_of(roots: &[PathBuf]) -> HashSet<PathBuf> {
     roots
@@ -329,6 +347,53 @@ impl Protection {
 
     /// Classifies a canonical absolute path.
     pub fn classify(&self, path: &Path) -> Class {
+        use std::os::unix::ffi::OsStrExt;
+        let b = path.as_os_str().as_bytes();
+        if !plain_abs(b) {
+            return self.classify_components(path);
+        }
+        // Byte comparisons: for a plain absolute path they are the component comparisons of
+        // `classify_components` (the roots are canonical, hence plain), without parsing.
+        if let Some(i) = self
+            .roots
+            .iter()
+            .position(|r| under(b, r.as_os_str().as_bytes()))
+        {
+            return Class::Protected(i);
+        }
+        if let Some(p) = &self.patterns {
+            if p.covers(path) {
+                return Class::Protected(self.roots.len());
+            }
+        }
+        if let Some(i) = self
+            .roots
+            .iter()
+            .position(|r| under(r.as_os_str().as_bytes(), b))
+        {
+            return Class::AncestorOfRoot(i);
+        }
+        let parent = match b.iter().rposition(|&c| c == b'/') {
+            _ if b.len() == 1 => None,
+            Some(0) => Some(&b[..1]),
+            Some(i) => Some(&b[..i]),
+            None => None,
+        };
+        match parent {
+            Some(parent)
+                if self
+                    .ancestors
+                    .contains(Path::new(std::ffi::OsStr::from_bytes(parent))) =>
+            {
+                Class::InAncestorDir
+            }
+            _ if self.patterns.is_some() => Class::InAncestorDir,
+            _ => Class::Free,
+        }
+    }
+
+    /// [`Protection::classify`] by path components, for paths that are not plain.
+    fn classify_components(&self, path: &Path) -> Class {
         if let Some(i) = self.roots.iter().position(|r| path.starts_with(r)) {
             return Class::Protected(i);
         }
@@ -396,6 +461,57 @@ mod tests {
             patterns: None,
             writes: None,
         }
+    }
+
+    #[test]
+    fn classify_by_bytes_agrees_with_classify_by_components() {
+        let paths = [
+            "/",
+            "/home",
+            "/home/u",
+            "/home/u/prod",
+            "/home/u/prod/a/b",
+            "/home/u/production",
+            "/home/u/prod.x",
+            "/home/u/notes.txt",
+            "/home/u/.git",
+            "/home/u/.git/x",
+            "/tmp",
+            "/tmp/x",
+            "/srv",
+            "/srv/x",
+            "/srv/a/b/c",
+            "/h",
+            "/home/v/x",
+            "/x.tfstate",
+            "/a/b/x.tfstate",
+            "/a/b.tfstate/c",
+            // not plain: the component path
+            "/home//u/prod",
+            "/home/u/prod/",
+            "/home/./u/prod/x",
+            "//home/u",
+            "/home/u/../u/prod",
+        ];
+        let root_sets: &[&[&str]] = &[&["/home/u/prod"], &["/home/u/prod", "/srv/a"], &["/"], &[]];
+        for roots in root_sets {
+            for patterns in [None, Some(&["**/.git", "*.tfstate"][..])] {
+                let mut p = prot(roots);
+                p.patterns = patterns.map(|x| crate::profile::PatternSet::new(x).unwrap());
+                for path in paths {
+                    let path = Path::new(path);
+                    assert_eq!(
+                        p.classify(path),
+                        p.classify_components(path),
+                        "{roots:?} {patterns:?} {}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert!(plain_abs(b"/") && plain_abs(b"/a/b") && plain_abs(b"/a/.b"));
+        assert!(!plain_abs(b"a/b") && !plain_abs(b"/a/") && !plain_abs(b"/a//b"));
+        assert!(!plain_abs(b"/a/./b") && !plain_abs(b"") && !plain_abs(b"/."));
     }
 
     #[test]

@@ -28,7 +28,14 @@ pub fn read_cstr(pid: u32, addr: u64) -> io::Result<OsString> {
         // Most paths are short: a small first read, then up to page boundaries.
         let first = if out.is_empty() { 256 } else { 4096 };
         let want = page_left.min(PATH_MAX - out.len()).min(first);
-        let mut buf = [0u8; 4096];
+        let mut small = [0u8; 256];
+        let mut large;
+        let buf: &mut [u8] = if want <= small.len() {
+            &mut small
+        } else {
+            large = [0u8; 4096];
+            &mut large
+        };
         let n = read_remote(pid, cur, &mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
@@ -46,13 +53,14 @@ pub fn read_cstr(pid: u32, addr: u64) -> io::Result<OsString> {
 
 /// readlink(2) into an OsString.
 pub fn readlink(path: &CStr) -> io::Result<OsString> {
-    let mut buf = vec![0u8; PATH_MAX + 1];
-    // SAFETY: buf is writable for its length.
-    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let mut buf: Vec<u8> = Vec::with_capacity(PATH_MAX + 1);
+    // SAFETY: the spare capacity is writable for PATH_MAX + 1 bytes (not read before written).
+    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), PATH_MAX + 1) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    buf.truncate(n as usize);
+    // SAFETY: readlink wrote n <= PATH_MAX + 1 bytes.
+    unsafe { buf.set_len(n as usize) };
     Ok(OsString::from_vec(buf))
 }
 
@@ -215,8 +223,11 @@ pub fn open_in_process(pid: u32, dirfd: i32, path: &[u8], follow: bool) -> io::R
         format!("/proc/{pid}/fd/{dirfd}")
     };
     let base = open_at(None, base.as_bytes(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    let rel: &[u8] = if path.is_empty() { b"." } else { path };
-    open_at(Some(base.as_raw_fd()), rel, flags, 0)
+    if path.is_empty() {
+        // The directory itself (a bare name's directory): the handle just opened is it.
+        return Ok(base);
+    }
+    open_at(Some(base.as_raw_fd()), path, flags, 0)
 }
 
 /// A directory pinned by handle, with the kernel's name for it.

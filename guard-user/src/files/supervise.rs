@@ -101,6 +101,10 @@ pub struct Creds {
     gid: u32,
     groups: Vec<u32>,
     umask: u32,
+    /// The thread can never act as anyone else: no permitted capabilities, no_new_privs, and
+    /// one uid and one gid in all four places (setresuid/setfsuid can only pick among those, and
+    /// setgroups needs CAP_SETGID). Only such credentials are cached ([`CredCache`]).
+    locked: bool,
 }
 
 impl Creds {
@@ -132,16 +136,80 @@ impl Creds {
             .find(|l| l.starts_with("Umask:"))
             .and_then(|l| u32::from_str_radix(l.split_whitespace().nth(1)?, 8).ok())
             .unwrap_or(0o077);
+        let all_same = |key: &str| -> bool {
+            let v: Vec<Option<u32>> = (1..=4).map(|i| field(key, i)).collect();
+            v.iter().all(|x| x.is_some() && *x == v[0])
+        };
+        let hex_zero = |key: &str| -> bool {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b == b'0'))
+        };
+        let locked = all_same("Uid:")
+            && all_same("Gid:")
+            && hex_zero("CapPrm:")
+            && field("NoNewPrivs:", 1) == Some(1);
         match (field("Uid:", 4), field("Gid:", 4)) {
             (Some(uid), Some(gid)) => Ok(Creds {
                 uid,
                 gid,
                 groups,
                 umask,
+                locked,
             }),
             _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
         }
     }
+}
+
+/// Credentials of threads that can never change them ([`Creds::locked`]), by thread id, so an
+/// operation the supervisor performs for them does not parse `/proc/TID/status` (the largest
+/// part of its cost). An entry is used only while `/proc/TID` is the same inode: a thread id
+/// reused by a new task gets a new procfs inode, so it is read afresh. The umask is not cached
+/// (any process may change it): a creation reads [`Creds::of`].
+#[derive(Debug, Default)]
+pub struct CredCache(std::sync::Mutex<std::collections::HashMap<u32, (u64, Creds)>>);
+
+impl CredCache {
+    /// Entries kept at most; the cache starts over beyond.
+    const MAX: usize = 4096;
+
+    /// The fs credentials of thread `tid` (its umask may be stale).
+    pub fn get(&self, tid: u32) -> io::Result<Creds> {
+        let ino = proc_inode(tid)?;
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((i, c)) = map.get(&tid) {
+            if *i == ino {
+                return Ok(c.clone());
+            }
+        }
+        // Read after the inode: if the thread id changed hands in between, the entry's inode
+        // is the old task's and the next lookup reads again.
+        let c = Creds::of(tid)?;
+        if c.locked {
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+            map.insert(tid, (ino, c.clone()));
+        } else {
+            map.remove(&tid);
+        }
+        Ok(c)
+    }
+}
+
+/// The inode number of `/proc/TID`: it identifies the task while it lives.
+fn proc_inode(tid: u32) -> io::Result<u64> {
+    let p = CString::new(format!("/proc/{tid}"))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: zeroed stat is valid; the path is a valid C string.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::stat(p.as_ptr(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_ino)
 }
 
 #[repr(C)]
@@ -159,9 +227,28 @@ struct CapData {
 }
 const CAP_V3: u32 = 0x2008_0522;
 
+thread_local! {
+    /// The supplementary groups [`as_process`] last gave this thread (None: not known). They
+    /// are left in place afterwards: a thread acting as root with its capabilities is not
+    /// limited by its groups, and a session's processes usually all have the same ones, so
+    /// setgroups(2) (a copy and an RCU free of the credentials, twice per operation) is called
+    /// only when they differ.
+    static GROUPS: std::cell::RefCell<Option<Vec<u32>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Runs `f` on this thread with the fs credentials of `c` and no effective capabilities, so the
-/// kernel checks permissions exactly as for the process. Restores the supervisor's identity.
-fn as_process<R>(c: &Creds, f: impl FnOnce() -> R) -> io::Result<R> {
+/// kernel checks permissions exactly as for the process. Restores the supervisor's fs uid and
+/// gid and its capabilities (the supplementary groups stay: see [`GROUPS`]).
+///
+/// `removal_only`: `f` only removes a directory entry. For a process with a non-zero fs uid the
+/// capability calls are then left out: setting a non-zero fs uid clears the file-system
+/// capabilities (CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_LINUX_IMMUTABLE, ...) from the effective set
+/// and setting 0 again restores them (capabilities(7)), and no other capability bears on
+/// unlink(2)/rmdir(2). Each credential change costs a copy and an RCU free of the credentials,
+/// which is most of what a performed removal costs.
+fn as_process<R>(c: &Creds, removal_only: bool, f: impl FnOnce() -> R) -> io::Result<R> {
+    let caps = !(removal_only && c.uid != 0);
+    let groups = GROUPS.with_borrow(|g| g.as_deref() != Some(&c.groups[..]));
     let mut hdr = CapHeader {
         version: CAP_V3,
         pid: 0,
@@ -170,36 +257,44 @@ fn as_process<R>(c: &Creds, f: impl FnOnce() -> R) -> io::Result<R> {
     // SAFETY: raw per-thread credential calls with valid buffers. glibc's wrappers would
     // broadcast setgroups to every thread; the raw calls change this thread only.
     unsafe {
-        if libc::syscall(
-            libc::SYS_capget,
-            &mut hdr as *mut CapHeader,
-            saved.as_mut_ptr(),
-        ) != 0
+        if caps
+            && libc::syscall(
+                libc::SYS_capget,
+                &mut hdr as *mut CapHeader,
+                saved.as_mut_ptr(),
+            ) != 0
         {
             return Err(io::Error::last_os_error());
         }
-        if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
-            return Err(io::Error::last_os_error());
+        if groups {
+            GROUPS.set(None);
+            if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            GROUPS.set(Some(c.groups.clone()));
         }
         libc::syscall(libc::SYS_setfsgid, c.gid);
         libc::syscall(libc::SYS_setfsuid, c.uid);
-        let mut lowered = saved;
-        lowered[0].effective = 0;
-        lowered[1].effective = 0;
-        let mut h = hdr;
-        libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, lowered.as_ptr());
+        if caps {
+            let mut lowered = saved;
+            lowered[0].effective = 0;
+            lowered[1].effective = 0;
+            let mut h = hdr;
+            libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, lowered.as_ptr());
+        }
     }
     let r = f();
     // SAFETY: as above; restores what was saved.
     unsafe {
-        let mut h = CapHeader {
-            version: CAP_V3,
-            pid: 0,
-        };
-        libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, saved.as_ptr());
+        if caps {
+            let mut h = CapHeader {
+                version: CAP_V3,
+                pid: 0,
+            };
+            libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, saved.as_ptr());
+        }
         libc::syscall(libc::SYS_setfsuid, 0u32);
         libc::syscall(libc::SYS_setfsgid, 0u32);
-        libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<u32>());
     }
     Ok(r)
 }
@@ -249,59 +344,64 @@ fn perform(op: &Op, creds: &Creds) -> Result<Outcome, i32> {
         };
         return neg(r).map(Outcome::Ret);
     }
-    let r = as_process(creds, || -> Result<Outcome, i32> {
-        match op {
-            Op::Unlink { at, flags } => {
-                let n = cstr(&at.name)?;
-                // SAFETY: valid fd and C string.
-                neg(unsafe { libc::unlinkat(at.dir.fd.as_raw_fd(), n.as_ptr(), *flags) })
+    let r = as_process(
+        creds,
+        matches!(op, Op::Unlink { .. }),
+        || -> Result<Outcome, i32> {
+            match op {
+                Op::Unlink { at, flags } => {
+                    let n = cstr(&at.name)?;
+                    // SAFETY: valid fd and C string.
+                    neg(unsafe { libc::unlinkat(at.dir.fd.as_raw_fd(), n.as_ptr(), *flags) })
+                        .map(Outcome::Ret)
+                }
+                Op::Rename { from, to, flags } => {
+                    let (a, b) = (cstr(&from.name)?, cstr(&to.name)?);
+                    // SAFETY: valid fds and C strings.
+                    let r = unsafe {
+                        libc::syscall(
+                            libc::SYS_renameat2,
+                            from.dir.fd.as_raw_fd(),
+                            a.as_ptr(),
+                            to.dir.fd.as_raw_fd(),
+                            b.as_ptr(),
+                            *flags,
+                        )
+                    };
+                    neg(r as libc::c_int).map(Outcome::Ret)
+                }
+                Op::Link { from, to } => {
+                    let (a, b) = (cstr(&from.name)?, cstr(&to.name)?);
+                    // SAFETY: valid fds and C strings.
+                    neg(unsafe {
+                        libc::linkat(
+                            from.dir.fd.as_raw_fd(),
+                            a.as_ptr(),
+                            to.dir.fd.as_raw_fd(),
+                            b.as_ptr(),
+                            0,
+                        )
+                    })
                     .map(Outcome::Ret)
+                }
+                Op::Truncate { obj, len } => {
+                    let f = reopen(obj, libc::O_WRONLY | libc::O_NONBLOCK)?;
+                    // SAFETY: valid fd.
+                    neg(unsafe { libc::ftruncate(f.as_raw_fd(), *len) }).map(Outcome::Ret)
+                }
+                Op::Open { obj, flags } => {
+                    let f = reopen(
+                        obj,
+                        flags
+                            & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC),
+                    )?;
+                    Ok(Outcome::Fd(f, flags & libc::O_CLOEXEC != 0))
+                }
+                Op::Create { at, flags, mode } => create(at, *flags, *mode, creds.umask),
+                Op::Connect { .. } => Err(libc::EINVAL),
             }
-            Op::Rename { from, to, flags } => {
-                let (a, b) = (cstr(&from.name)?, cstr(&to.name)?);
-                // SAFETY: valid fds and C strings.
-                let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_renameat2,
-                        from.dir.fd.as_raw_fd(),
-                        a.as_ptr(),
-                        to.dir.fd.as_raw_fd(),
-                        b.as_ptr(),
-                        *flags,
-                    )
-                };
-                neg(r as libc::c_int).map(Outcome::Ret)
-            }
-            Op::Link { from, to } => {
-                let (a, b) = (cstr(&from.name)?, cstr(&to.name)?);
-                // SAFETY: valid fds and C strings.
-                neg(unsafe {
-                    libc::linkat(
-                        from.dir.fd.as_raw_fd(),
-                        a.as_ptr(),
-                        to.dir.fd.as_raw_fd(),
-                        b.as_ptr(),
-                        0,
-                    )
-                })
-                .map(Outcome::Ret)
-            }
-            Op::Truncate { obj, len } => {
-                let f = reopen(obj, libc::O_WRONLY | libc::O_NONBLOCK)?;
-                // SAFETY: valid fd.
-                neg(unsafe { libc::ftruncate(f.as_raw_fd(), *len) }).map(Outcome::Ret)
-            }
-            Op::Open { obj, flags } => {
-                let f = reopen(
-                    obj,
-                    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC),
-                )?;
-                Ok(Outcome::Fd(f, flags & libc::O_CLOEXEC != 0))
-            }
-            Op::Create { at, flags, mode } => create(at, *flags, *mode, creds.umask),
-            Op::Connect { .. } => Err(libc::EINVAL),
-        }
-    });
+        },
+    );
     r.unwrap_or_else(|e| Err(e.raw_os_error().unwrap_or(libc::EPERM)))
 }
 
@@ -373,6 +473,8 @@ pub struct Supervisor {
     pub connect: Vec<crate::netguard::Endpoint>,
     /// The exec guard, which answers execve/execveat (`[commands] hold`).
     pub exec: Option<Arc<crate::commands::guard::ExecGuard>>,
+    /// Credentials of threads that cannot change theirs.
+    pub creds: CredCache,
 }
 
 /// What to do with a notification.
@@ -487,7 +589,7 @@ impl Supervisor {
                 let _ = self.listener.allow(n.id);
             }
             Action::Perform(op) => {
-                let creds = match Creds::of(n.pid) {
+                let creds = match self.creds_for(&op, n.pid) {
                     Ok(c) => c,
                     Err(_) => {
                         let _ = self.listener.fail(n.id, libc::ESRCH);
@@ -502,7 +604,7 @@ impl Supervisor {
             Action::Hold { op, root, path, .. }
                 if root == self.prot.pattern_root() && in_git_dir(&path) && is_git(n.pid) =>
             {
-                if let Ok(creds) = Creds::of(n.pid) {
+                if let Ok(creds) = self.creds_for(&op, n.pid) {
                     if self.listener.valid(n.id) {
                         self.answer(n.id, perform(&op, &creds));
                     }
@@ -515,6 +617,16 @@ impl Supervisor {
                 path,
                 target,
             } => self.hold(n, op, kind, root, path, target),
+        }
+    }
+
+    /// The credentials to perform `op` with for thread `tid`: cached where they cannot change,
+    /// except that a creation needs the process's current umask.
+    fn creds_for(&self, op: &Op, tid: u32) -> io::Result<Creds> {
+        if matches!(op, Op::Create { .. }) {
+            Creds::of(tid)
+        } else {
+            self.creds.get(tid)
         }
     }
 
@@ -605,14 +717,11 @@ impl Supervisor {
 
     fn unlink(&self, pid: u32, dirfd: i32, addr: u64, flags: i32) -> io::Result<Action> {
         let path = resolve::read_cstr(pid, addr)?;
-        if self.fast_free(pid, dirfd, path.as_bytes()) {
+        // With name patterns nothing is Free (Landlock grants no removal): no fast path.
+        if !self.prot.has_patterns() && self.fast_free(pid, dirfd, path.as_bytes()) {
             return Ok(Action::Continue);
         }
         let at = resolve::target_entry(pid, dirfd, path.as_bytes())?;
-        if fstatat(at.dir.fd.as_raw_fd(), &at.name).is_err() {
-            // Nothing there: nothing to destroy (the kernel answers ENOENT).
-            return Ok(Action::Continue);
-        }
         let kind = if flags & libc::AT_REMOVEDIR != 0 {
             "rmdir"
         } else {
@@ -620,6 +729,10 @@ impl Supervisor {
         };
         Ok(match self.entry_class(&at) {
             Class::Free => Action::Continue,
+            // Nothing there: nothing to destroy, no hold (the kernel answers ENOENT).
+            Class::Protected(_) if fstatat(at.dir.fd.as_raw_fd(), &at.name).is_err() => {
+                Action::Continue
+            }
             Class::Protected(root) => {
                 let p = at.path();
                 Action::Hold {
@@ -1081,4 +1194,134 @@ pub fn cmdline_of(pid: u32) -> String {
     let mut s: String = String::from_utf8_lossy(&raw[..raw.len().min(512)]).replace('\0', " ");
     s.truncate(s.trim_end().len());
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// False (after saying why) when not root; panics instead when `CI` is set.
+    fn can_run(name: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        let reason = format!("{name}: needs root to change credentials");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{reason} (CI is set, so this fails)"
+        );
+        eprintln!("skipped: {reason}");
+        false
+    }
+
+    /// `sleep 30` as uid/gid 65534 (no groups), with or without no_new_privs.
+    fn nobody_sleeper(nnp: bool) -> std::process::Child {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+        if nnp {
+            c.arg("--no-new-privs");
+        }
+        let child = c
+            .args(["sleep", "30"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until it is sleep (after setpriv dropped its privileges).
+        for _ in 0..200 {
+            if std::fs::read_to_string(format!("/proc/{}/comm", child.id()))
+                .is_ok_and(|c| c.trim() == "sleep")
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child
+    }
+
+    #[test]
+    fn only_credentials_that_cannot_change_are_locked_and_cached() {
+        if !can_run("only_credentials_that_cannot_change_are_locked_and_cached") {
+            return;
+        }
+        // This test process: root, with capabilities.
+        let me = Creds::of(std::process::id()).unwrap();
+        assert!(
+            !me.locked,
+            "root with capabilities can change its credentials"
+        );
+        let mut locked = nobody_sleeper(true);
+        let mut unlocked = nobody_sleeper(false);
+        let c = Creds::of(locked.id()).unwrap();
+        assert_eq!((c.uid, c.gid, c.groups.clone()), (65534, 65534, vec![]));
+        assert!(
+            c.locked,
+            "no capabilities, no_new_privs, one uid and gid: {c:?}"
+        );
+        assert!(
+            !Creds::of(unlocked.id()).unwrap().locked,
+            "without no_new_privs"
+        );
+
+        let cache = CredCache::default();
+        assert_eq!(cache.get(locked.id()).unwrap().uid, 65534);
+        assert!(cache.0.lock().unwrap().contains_key(&locked.id()));
+        assert_eq!(cache.get(unlocked.id()).unwrap().uid, 65534);
+        assert!(!cache.0.lock().unwrap().contains_key(&unlocked.id()));
+        // A stale entry (another task's inode under this thread id) is not used.
+        cache.0.lock().unwrap().get_mut(&locked.id()).unwrap().0 ^= 1;
+        cache.0.lock().unwrap().get_mut(&locked.id()).unwrap().1.uid = 4242;
+        assert_eq!(cache.get(locked.id()).unwrap().uid, 65534);
+        for c in [&mut locked, &mut unlocked] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    #[test]
+    fn a_removal_as_the_process_has_no_capabilities_and_restores_them() {
+        if !can_run("a_removal_as_the_process_has_no_capabilities_and_restores_them") {
+            return;
+        }
+        // Run on a fresh thread: credential changes are per thread.
+        std::thread::spawn(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let root_dir = dir.path().join("root-only");
+            std::fs::create_dir(&root_dir).unwrap();
+            std::fs::write(root_dir.join("f"), b"x").unwrap();
+            let nobody = Creds {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![65534],
+                umask: 0o022,
+                locked: true,
+            };
+            let f = CString::new(root_dir.join("f").as_os_str().as_bytes()).unwrap();
+            let unlink = || {
+                // SAFETY: a valid C string.
+                let r = unsafe { libc::unlink(f.as_ptr()) };
+                (r, io::Error::last_os_error().raw_os_error())
+            };
+            for removal_only in [true, false] {
+                let (r, e) = as_process(&nobody, removal_only, unlink).unwrap();
+                assert_eq!(
+                    (r, e),
+                    (-1, Some(libc::EACCES)),
+                    "nobody may not remove from root's 0755 directory (removal_only {removal_only})"
+                );
+                assert!(root_dir.join("f").exists());
+            }
+            // The thread is root with its capabilities again (and the groups were kept).
+            assert_eq!(GROUPS.with_borrow(|g| g.clone()), Some(vec![65534]));
+            std::fs::set_permissions(
+                &root_dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o500),
+            )
+            .unwrap();
+            assert_eq!(unlink().0, 0, "CAP_DAC_OVERRIDE back after the removal");
+        })
+        .join()
+        .unwrap();
+    }
 }
