@@ -416,3 +416,42 @@ fn a_session_wide_approval_needs_confirmation() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!a.exists() && !b.exists());
 }
+
+#[test]
+fn pending_names_a_session_that_does_not_answer_and_skips_dead_ones() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let prot = w.dir("p");
+    let f = w.file("p/f", "keep");
+    let r = w.run("live", &[&prot], &[], &format!("rm {}", f.display()));
+    let h = w.wait_hold("live", T);
+    // A socket nobody listens on any more (a supervisor that died): not a live session.
+    drop(std::os::unix::net::UnixListener::bind(w.state.join("dead.sock")).unwrap());
+    // A session that answers nonsense.
+    let mute = std::os::unix::net::UnixListener::bind(w.state.join("mute.sock")).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        for mut c in mute.incoming().take(2).flatten() {
+            let _ = c.write_all(b"not json\n");
+        }
+    });
+    for args in [&["pending", "--json"][..], &["pending"][..]] {
+        let out = w.cmd(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stdout.contains(h["id"].as_str().unwrap()), "{}", text(&out));
+        assert!(
+            stderr.contains("session mute did not answer"),
+            "{}",
+            text(&out)
+        );
+        assert!(!stderr.contains("dead"), "{}", text(&out));
+    }
+    server.join().unwrap();
+    w.decide("deny", h["id"].as_str().unwrap(), &[]);
+    r.finish(T);
+    assert!(f.exists());
+}

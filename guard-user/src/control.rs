@@ -400,6 +400,10 @@ fn call(sock: &Path, req: &Request) -> Result<Answer, ControlError> {
     s.write_all(line.as_bytes()).map_err(io("write"))?;
     let mut out = String::new();
     BufReader::new(&s).read_line(&mut out).map_err(io("read"))?;
+    if out.is_empty() {
+        // Closed without an answer: the session ended while we asked.
+        return Err(io("read")(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     serde_json::from_str(&out).map_err(|source| ControlError::Protocol {
         path: sock.into(),
         source,
@@ -447,17 +451,43 @@ fn refused(a: &Answer) -> ControlError {
 /// The pending holds of every live session (or of `session`), as the sessions report them.
 pub fn all_pending(session: Option<&str>) -> Result<Vec<serde_json::Value>, ControlError> {
     let mut all: Vec<serde_json::Value> = Vec::new();
-    for (_, sock) in sockets(session)? {
+    for (name, sock) in sockets(session)? {
         match call(&sock, &Request::Pending) {
             Ok(a) if a.ok => all.extend(a.pending.unwrap_or_default()),
+            // Busy (too many connections): live, but its holds cannot be listed now.
+            Ok(a) if session.is_none() => eprintln!(
+                "sandbox: warning: session {name} refused the request ({}); its holds are not listed",
+                a.error.as_deref().unwrap_or("refused")
+            ),
             Ok(a) => return Err(refused(&a)),
             // A socket left by a supervisor that died, or a session ending while we asked: not a
             // live session (unless it was named).
-            Err(ControlError::Io { .. } | ControlError::Protocol { .. }) if session.is_none() => {}
+            Err(ControlError::Io { ref source, .. }) if session.is_none() && gone(source) => {}
+            // A live session that did not answer (busy, stalled): its holds are not in the
+            // list, and the person reading it must know.
+            Err(e @ (ControlError::Io { .. } | ControlError::Protocol { .. }))
+                if session.is_none() =>
+            {
+                eprintln!(
+                    "sandbox: warning: session {name} did not answer ({}); its holds are not listed",
+                    crate::launch::error_chain(&e)
+                );
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(all)
+}
+
+/// True when a control-socket error means the session is gone (nobody listens on the socket,
+/// or it was removed), not that a live session failed to answer.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::NotFound
+            | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError> {
@@ -533,12 +563,17 @@ pub fn decide(
         for_ms: for_.map(|d| d.as_millis() as u64),
         via,
     };
-    for (_, sock) in sockets(None)? {
+    for (name, sock) in sockets(None)? {
         match call(&sock, &req) {
             Ok(a) if a.ok => return Ok(a.decided.map(|d| d.len()).unwrap_or(1)),
             Ok(a) if a.unknown == Some(true) => {}
             Ok(a) => return Err(refused(&a)),
-            Err(ControlError::Io { .. } | ControlError::Protocol { .. }) => {}
+            Err(ControlError::Io { ref source, .. }) if gone(source) => {}
+            // The hold may be in a session that did not answer: say so.
+            Err(e @ (ControlError::Io { .. } | ControlError::Protocol { .. })) => eprintln!(
+                "sandbox: warning: session {name} did not answer ({})",
+                crate::launch::error_chain(&e)
+            ),
             Err(e) => return Err(e),
         }
     }

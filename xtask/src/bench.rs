@@ -188,14 +188,19 @@ pub fn run(opts: &Options) -> Result<()> {
         memory_holds: reps.memory_holds,
     })?);
     let tmpfs = b.scratch.mount_tmpfs("tmpfs")?;
-    let result = b.unlink("tmpfs", &tmpfs, reps.unlink, &peers);
+    let result = b
+        .unlink("tmpfs", &tmpfs, reps.unlink, &peers, None)
+        .and_then(|mut r| {
+            r.extend(b.unlink("tmpfs", &tmpfs, reps.unlink, &[], Some("default"))?);
+            Ok(r)
+        });
     b.scratch.unmount(&tmpfs)?;
     rows.extend(result?);
     let prot = protected_dir(&disk)?;
     rows.extend(b.make(&disk, &prot, reps.make)?);
     rows.extend(b.cargo(&disk, &prot, reps.cargo)?);
     let git = b.git_trees(&disk, reps.git)?;
-    rows.extend(b.unlink("disk", &disk, reps.unlink, &peers)?);
+    rows.extend(b.unlink("disk", &disk, reps.unlink, &peers, None)?);
     rows.extend(b.git_clean(&disk, &prot, &git, reps.git)?);
     rows.extend(b.exec(&disk, reps.exec)?);
     rows.extend(b.exec_commands(&disk, reps.exec)?);
@@ -817,12 +822,15 @@ impl Bench {
 
     /// Unlink-heavy on `dir` (named `fs`): `rm -rf` of a fresh 50,000-file tree per run, with a
     /// sibling directory protected in the sandbox so Landlock and the supervisor are active.
+    /// With `profile` the sandbox runs under that shipped profile too (`default` has name
+    /// patterns, `**/.git`: then Landlock grants no removal and the supervisor performs each).
     fn unlink(
         &mut self,
         fs_name: &str,
         dir: &Path,
         reps: usize,
         peers: &[Variant],
+        profile: Option<&str>,
     ) -> Result<Vec<Row>> {
         let prot = protected_dir(dir)?;
         let mut invs = Vec::new();
@@ -834,11 +842,21 @@ impl Bench {
                 "-rf".into(),
                 dir.join(format!("tree-{RUN}")).into(),
             ];
-            let inv = self.invocation(v, &argv, Some(&prot), true)?;
-            self.record(format!("unlink-heavy on {fs_name}, {}", v.name()), &inv);
+            let mut inv = self.invocation(v, &argv, Some(&prot), true)?;
+            let mut what = format!("unlink-heavy on {fs_name}, {}", v.name());
+            if let (Variant::Sandbox, Some(p)) = (v, profile) {
+                // `run --profile NAME ...`: right after the subcommand.
+                inv.args.insert(1, "--profile".into());
+                inv.args.insert(2, p.into());
+                what = format!("{what}, profile {p}");
+            }
+            self.record(what, &inv);
             invs.push((v, inv));
         }
-        let label = format!("unlink-heavy ({fs_name})");
+        let label = match profile {
+            Some(p) => format!("unlink-heavy ({fs_name}, profile {p})"),
+            None => format!("unlink-heavy ({fs_name})"),
+        };
         let trees: Vec<PathBuf> = (0..reps * invs.len())
             .map(|i| dir.join(format!("tree-{i:03}")))
             .collect();
@@ -868,7 +886,10 @@ impl Bench {
             let _ = fs::remove_dir_all(t);
         }
         let samples = samples?;
-        let name = format!("unlink-heavy, {fs_name}: `rm -rf` 50,000 files");
+        let name = match profile {
+            Some(p) => format!("unlink-heavy, {fs_name}: `rm -rf` 50,000 files, profile `{p}`"),
+            None => format!("unlink-heavy, {fs_name}: `rm -rf` 50,000 files"),
+        };
         Ok(vec![
             row(&name, "rm -rf only", &samples, |s| s.inner)?,
             row(&name, "whole run", &samples, |s| Some(s.outer))?,
@@ -1201,10 +1222,19 @@ fn checks(rows: &[Row], backend: &str) -> Vec<Check> {
     }
     // DESIGN.md: within 5% of bare on the BPF LSM backend, within 2x on the seccomp backend
     let bare_limit = if backend == "lsm" { 1.05 } else { 2.0 };
-    for fs_name in ["tmpfs", "disk"] {
-        let Some(r) = find(&format!("unlink-heavy, {fs_name}"), "rm -rf only") else {
+    for (fs_name, profile) in [
+        ("tmpfs", ""),
+        ("disk", ""),
+        ("tmpfs", ", profile `default`"),
+    ] {
+        let workload = format!("unlink-heavy, {fs_name}: `rm -rf` 50,000 files{profile}");
+        let Some(r) = rows
+            .iter()
+            .find(|r| r.workload == workload && r.timed == "rm -rf only")
+        else {
             continue;
         };
+        let fs_name = format!("{fs_name}{profile}");
         if let Some(x) = r.ratio(Variant::Sandbox, Variant::Bare) {
             out.push(Check {
                 target: format!(
