@@ -141,6 +141,52 @@ fn name_patterns_hold_matching_files_anywhere_and_nothing_else() {
     assert!(!txt.exists());
 }
 
+/// With name patterns the supervisor performs every removal, keeping the process's identity
+/// between removals: it must still be the process's (not root's), before and after a hold.
+#[test]
+fn removals_performed_under_name_patterns_keep_the_process_permissions() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let mine: Vec<_> = (0..3).map(|i| w.file(&format!("t/f{i}"), "mine")).collect();
+    let tf = w.file("t/x.tfstate", "state");
+    // Root's directory, world-readable: the test user may not remove from it.
+    let roots = w.work.join("roots");
+    std::fs::create_dir(&roots).unwrap();
+    let theirs = roots.join("r");
+    std::fs::write(&theirs, "root's").unwrap();
+    let p = profile(&w, "[files]\nprotect = [\"**/*.tfstate\"]\n");
+    let script = format!(
+        "rm {m0}; rm {r} 2>&1; rm {tf} 2>&1; rm {r} 2>&1; rm {m1} {m2}; echo done",
+        m0 = mine[0].display(),
+        m1 = mine[1].display(),
+        m2 = mine[2].display(),
+        r = theirs.display(),
+        tf = tf.display()
+    );
+    let r = w.run("keep", &[], &["--profile", &p], &script);
+    let h = w.wait_hold("keep", T);
+    assert_eq!(h["target"], tf.display().to_string());
+    w.decide("deny", h["id"].as_str().unwrap(), &[]);
+    let out = r.finish(T);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("done"), "{}", text(&out));
+    assert_eq!(
+        s.matches("Permission denied").count(),
+        2,
+        "root's file, before and after the hold: {}",
+        text(&out)
+    );
+    assert!(
+        s.contains("Operation not permitted"),
+        "the denied hold: {}",
+        text(&out)
+    );
+    assert!(theirs.exists() && tf.exists());
+    assert!(mine.iter().all(|m| !m.exists()), "{}", text(&out));
+}
+
 #[test]
 fn ordinary_work_runs_under_the_default_profile() {
     if !privileged() {

@@ -236,6 +236,69 @@ thread_local! {
     static GROUPS: std::cell::RefCell<Option<Vec<u32>>> = const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    /// The fs uid and gid [`as_process_kept`] left this thread with (None: root's, 0 and 0).
+    static KEPT: std::cell::Cell<Option<(u32, u32)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives this thread root's fs uid and gid back if [`as_process_kept`] left it with a process's
+/// (which also restores the file-system capabilities). Everything the supervisor does other than
+/// the removals of [`Supervisor::fast_removal`] runs after this.
+fn restore_fs_ids() {
+    if KEPT.take().is_some() {
+        // SAFETY: per-thread credential calls without pointers.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, 0u32);
+            libc::syscall(libc::SYS_setfsgid, 0u32);
+        }
+    }
+}
+
+/// Runs `f` (a removal of a directory entry) with the fs uid, gid and groups of `c`, a process
+/// whose credentials are [`Creds::locked`] and not root's, and leaves the thread with them: the
+/// next removal for the same credentials needs no credential change at all (four of them, each
+/// a copy and an RCU free of the credentials, cost about as much as the removal itself).
+/// Setting a non-zero fs uid clears the file-system capabilities (CAP_DAC_OVERRIDE, CAP_FOWNER,
+/// ...) from the effective set; no other capability bears on unlink(2)/rmdir(2).
+/// [`restore_fs_ids`] undoes it.
+fn as_process_kept<R>(c: &Creds, f: impl FnOnce() -> R) -> io::Result<R> {
+    if c.uid == 0 || !c.locked {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    if GROUPS.with_borrow(|g| g.as_deref() != Some(&c.groups[..])) {
+        restore_fs_ids();
+        GROUPS.set(None);
+        // SAFETY: a valid group list; the raw call changes this thread only.
+        if unsafe { libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        GROUPS.set(Some(c.groups.clone()));
+    }
+    if KEPT.get() != Some((c.uid, c.gid)) {
+        // SAFETY: per-thread credential calls without pointers. The gid first: a non-zero fs
+        // uid takes away the capability that may be needed to set it.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, 0u32);
+            libc::syscall(libc::SYS_setfsgid, c.gid);
+            libc::syscall(libc::SYS_setfsuid, c.uid);
+        }
+        // Check that both took (setfsuid/setfsgid return the previous value, not an error).
+        // SAFETY: as above; -1 changes nothing and returns the current value.
+        let (u, g) = unsafe {
+            (
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+                libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+            )
+        };
+        KEPT.set(Some((u, g)));
+        if (u, g) != (c.uid, c.gid) {
+            restore_fs_ids();
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+    }
+    Ok(f())
+}
+
 /// Runs `f` on this thread with the fs credentials of `c` and no effective capabilities, so the
 /// kernel checks permissions exactly as for the process. Restores the supervisor's fs uid and
 /// gid and its capabilities (the supplementary groups stay: see [`GROUPS`]).
@@ -247,6 +310,7 @@ thread_local! {
 /// unlink(2)/rmdir(2). Each credential change costs a copy and an RCU free of the credentials,
 /// which is most of what a performed removal costs.
 fn as_process<R>(c: &Creds, removal_only: bool, f: impl FnOnce() -> R) -> io::Result<R> {
+    restore_fs_ids();
     let caps = !(removal_only && c.uid != 0);
     let groups = GROUPS.with_borrow(|g| g.as_deref() != Some(&c.groups[..]));
     let mut hdr = CapHeader {
@@ -521,6 +585,11 @@ impl Supervisor {
     fn handle(&self, n: &Notif) {
         let a = n.data.args;
         let nr = n.data.nr as i64;
+        if self.fast_removal(n) {
+            return;
+        }
+        // Everything else runs with root's fs ids (the fast removal may have left a process's).
+        restore_fs_ids();
         if crate::commands::guard::is_signal(nr) {
             match &self.exec {
                 Some(g) => g.handle_signal(n),
@@ -617,6 +686,65 @@ impl Supervisor {
                 path,
                 target,
             } => self.hold(n, op, kind, root, path, target),
+        }
+    }
+
+    /// The common case with name patterns (the `default` profile's `**/.git`): Landlock grants
+    /// no removal, so the supervisor performs every unlink and rmdir. When the target is not
+    /// protected and the process's credentials cannot change, it is removed here with the thread
+    /// keeping the process's fs ids between removals ([`as_process_kept`]). Runs before
+    /// [`restore_fs_ids`], so what it does before the removal must not depend on the thread's fs
+    /// ids: reading the process's memory and opening its directory handle through /proc check
+    /// the real credentials or CAP_SYS_PTRACE (kept), and its own /proc/self/fd is always open
+    /// to a task. Returns false, having answered nothing, whenever anything else applies or
+    /// anything fails: the caller then starts over with root's fs ids.
+    fn fast_removal(&self, n: &Notif) -> bool {
+        let a = n.data.args;
+        let (dirfd, addr, flags) = match n.data.nr as i64 {
+            libc::SYS_unlink => (libc::AT_FDCWD, a[0], 0),
+            libc::SYS_rmdir => (libc::AT_FDCWD, a[0], libc::AT_REMOVEDIR),
+            libc::SYS_unlinkat => (sys_arg_i32(a[0]), a[1], sys_arg_i32(a[2])),
+            _ => return false,
+        };
+        if !self.prot.has_patterns() || self.prot.has_linked() || flags & !libc::AT_REMOVEDIR != 0 {
+            return false;
+        }
+        let Ok(path) = resolve::read_cstr(n.pid, addr) else {
+            return false;
+        };
+        let Ok(at) = resolve::target_entry(n.pid, dirfd, path.as_bytes()) else {
+            return false;
+        };
+        if !matches!(
+            self.prot.classify(&at.path()),
+            Class::InAncestorDir | Class::AncestorOfRoot(_)
+        ) {
+            return false;
+        }
+        let Ok(creds) = self.creds.get(n.pid) else {
+            return false;
+        };
+        if !creds.locked || creds.uid == 0 {
+            return false;
+        }
+        if !self.listener.valid(n.id) {
+            // The caller went away: nothing to do, nothing to answer.
+            return true;
+        }
+        let name = match cstr(&at.name) {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let r = as_process_kept(&creds, || {
+            // SAFETY: valid fd and C string.
+            neg(unsafe { libc::unlinkat(at.dir.fd.as_raw_fd(), name.as_ptr(), flags) })
+        });
+        match r {
+            Ok(r) => {
+                self.answer(n.id, r.map(Outcome::Ret));
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -1320,6 +1448,51 @@ mod tests {
             )
             .unwrap();
             assert_eq!(unlink().0, 0, "CAP_DAC_OVERRIDE back after the removal");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_kept_identity_removes_as_the_process_until_restored() {
+        if !can_run("a_kept_identity_removes_as_the_process_until_restored") {
+            return;
+        }
+        std::thread::spawn(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let root_dir = dir.path().join("root-only");
+            let own_dir = dir.path().join("nobodys");
+            std::fs::create_dir(&root_dir).unwrap();
+            std::fs::create_dir(&own_dir).unwrap();
+            std::os::unix::fs::chown(&own_dir, Some(65534), Some(65534)).unwrap();
+            for d in [&root_dir, &own_dir] {
+                std::fs::write(d.join("f"), b"x").unwrap();
+            }
+            let nobody = Creds {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![],
+                umask: 0o022,
+                locked: true,
+            };
+            let unlink = |p: &Path| {
+                let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+                // SAFETY: a valid C string.
+                let r = unsafe { libc::unlink(c.as_ptr()) };
+                (r, io::Error::last_os_error().raw_os_error())
+            };
+            let r = as_process_kept(&nobody, || unlink(&root_dir.join("f"))).unwrap();
+            assert_eq!(r, (-1, Some(libc::EACCES)), "not in root's directory");
+            assert_eq!(KEPT.get(), Some((65534, 65534)), "the identity is kept");
+            let r = as_process_kept(&nobody, || unlink(&own_dir.join("f"))).unwrap();
+            assert_eq!(r.0, 0, "in its own directory");
+            // Root's identity (and CAP_DAC_OVERRIDE) come back.
+            restore_fs_ids();
+            assert_eq!(KEPT.get(), None);
+            assert_eq!(unlink(&root_dir.join("f")).0, 0);
+            // Root itself is never kept.
+            let root = Creds { uid: 0, ..nobody };
+            assert!(as_process_kept(&root, || ()).is_err());
         })
         .join()
         .unwrap();
