@@ -1059,6 +1059,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                 exec: exec_guard.clone(),
                 creds: Default::default(),
             });
+            if !sup.listener.sync_wake_up() {
+                tracing::debug!("seccomp: no synchronous wake-up on this kernel (before 6.6)");
+            }
             let s2 = sup.clone();
             worker = std::thread::Builder::new()
                 .name("notify".into())

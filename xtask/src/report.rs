@@ -312,7 +312,9 @@ pub fn document(r: &Report) -> String {
          - **bare**: the command alone, spawned as uid/gid 65534.\n\
          - **floor**: the command under `notify_floor` (`xtask/progs/notify_floor.c`): the same \
          seccomp filter as the sandbox's file hold, and a supervisor that answers every \
-         notification with CONTINUE at once. What the sandbox costs above it is its own work.\n\
+         notification with CONTINUE at once, with the synchronous wake-up (`-s`, \
+         SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) the sandbox's supervisor also asks for. What the \
+         sandbox costs above it is its own work.\n\
          - **sandbox**: the command under `sandbox run`.\n\
          - peers, where installed (`scripts/install-bench-peers.sh`) and working, for start-up and \
          `rm -rf`: **bwrap** (`bwrap --dev-bind / /`), **firejail** (`firejail --quiet \

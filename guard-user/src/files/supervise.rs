@@ -559,12 +559,15 @@ fn sys_arg_i32(v: u64) -> i32 {
 }
 
 impl Supervisor {
-    /// Answers notifications until [`Supervisor::stop`] (blocking in the kernel between them:
-    /// one system call per notification, no poll).
+    /// Answers notifications until [`Supervisor::stop`] or until no task uses the filter any
+    /// more (blocking in the kernel between them: one system call per notification, no poll).
     pub fn run(&self) {
         while !self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             match self.listener.recv() {
                 Ok(Some(n)) => self.handle(&n),
+                // Every filtered task is gone (the kernel then answers at once, every time):
+                // nothing can come any more.
+                Ok(None) if self.listener.orphaned() => return,
                 // Interrupted (by `stop`) or the task went away before we read it.
                 Ok(None) => {}
                 Err(e) => {
