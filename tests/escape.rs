@@ -470,24 +470,133 @@ fn idle_connections_to_the_control_socket_do_not_hide_a_hold() {
     assert!(took < Duration::from_secs(5), "`pending` took {took:?}");
 }
 
+/// The session's pids cgroup directory, from its audit log's `session_start` (once written).
+fn pids_cgroup(w: &World, session: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(w.logs.join(format!("{session}.jsonl"))).ok()?;
+    let start: Value = serde_json::from_str(text.lines().next()?).ok()?;
+    start["pids_cgroup"].as_str().map(PathBuf::from)
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
 #[test]
-fn a_bounded_process_burst_does_not_stop_the_guard() {
+fn a_fork_bomb_is_contained_and_the_guard_keeps_answering() {
     if !privileged() {
         return;
     }
-    // The session has no pids limit (docs/SECURITY.md, known limits): an unbounded fork bomb
-    // would take the host down, so this is 300 processes, then a held rm.
     let (w, prot, f) = protected();
-    let script = format!(
-        "i=0; while [ $i -lt 300 ]; do sleep 20 & i=$((i+1)); done; \
-         echo procs=$(ls -d /proc/[0-9]* | wc -l); rm {f}; echo rm=$?; kill $(jobs -p) 2>/dev/null; echo end",
+    const LIMIT: u64 = 200;
+    let profile = w.file("limits.toml", &format!("[limits]\npids = {LIMIT}\n"));
+    // A classic fork bomb, started by a Python process that then (without forking: the bomb
+    // holds every pid it may have) tries to remove the protected file.
+    let py = format!(
+        "import os, time\n\
+         if os.fork() == 0:\n\
+         \x20   fd = os.open('/dev/null', os.O_WRONLY); os.dup2(fd, 2)\n\
+         \x20   os.execvp('sh', ['sh', '-c', 'b(){{ b | b & }}; b'])\n\
+         time.sleep(5)\n\
+         print('procs=%d' % len([d for d in os.listdir('/proc') if d.isdigit()]), flush=True)\n\
+         try:\n\
+         \x20   os.unlink('{f}'); print('unlink=ok', flush=True)\n\
+         except OSError as e:\n\
+         \x20   print('unlink=%d' % e.errno, flush=True)\n",
         f = f.display()
     );
-    let (holds, out) = deny_all(&w, &[], "esc-burst", &prot, &script);
+    let pyfile = w.file("bomb.py", &py);
+    let session = "esc-forkbomb";
+    let pf = profile.display().to_string();
+    let mut r = w.run(
+        session,
+        &[&prot],
+        &["--profile", &pf],
+        &format!("python3 {}", pyfile.display()),
+    );
+    let t0 = Instant::now();
+    let (mut peak, mut holds, mut host_forks) = (0u64, Vec::new(), 0u32);
+    let mut dir = None;
+    let status = loop {
+        if dir.is_none() {
+            dir = pids_cgroup(&w, session);
+        }
+        if let Some(d) = &dir {
+            if let Some(n) = read_u64(&d.join("pids.current")) {
+                peak = peak.max(n);
+            }
+        }
+        // The host can still start processes while the bomb runs.
+        if t0.elapsed() > Duration::from_secs(2)
+            && std::process::Command::new("true")
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            host_forks += 1;
+        }
+        for h in w.pending().into_iter().filter(|h| h["session"] == session) {
+            w.decide("deny", h["id"].as_str().unwrap(), &[]);
+            holds.push(h);
+        }
+        if let Some(st) = r.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < T, "the session did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ended = t0.elapsed();
+    let out = r.finish(T);
+    eprintln!("fork bomb: pids.current peaked at {peak} (limit {LIMIT}); host forks meanwhile: {host_forks}; session ended after {ended:?}");
+    let dir = dir.expect("session_start names the pids cgroup");
     let s = stdout(&out);
-    assert!(s.contains("rm=1") && s.contains("end"), "{}", text(&out));
-    assert_eq!(holds.len(), 1);
+    assert!(status.success(), "{}", text(&out));
+    assert!(
+        s.contains("unlink=1"),
+        "the unlink was not held and denied\n{}",
+        text(&out)
+    );
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(holds[0]["kind"], "unlink");
     intact(&f, &out);
+    assert!(
+        peak <= LIMIT && peak >= LIMIT / 2,
+        "pids.current peaked at {peak} (limit {LIMIT})\n{}",
+        text(&out)
+    );
+    assert!(host_forks > 0, "the host could not start a process");
+    assert!(
+        ended < Duration::from_secs(30),
+        "the session took {ended:?} to end"
+    );
+    // The session ended cleanly: its cgroups are gone with every process of the bomb.
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let log = w.log(session);
+    let end = log.last().unwrap();
+    assert_eq!(end["kind"], "session_end", "{end}");
+    assert_eq!(log[0]["pids_max"], LIMIT);
+}
+
+/// A session without a profile gets the built-in pids limit.
+#[test]
+fn a_session_without_a_profile_has_the_default_pids_limit() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let session = "esc-pidsdefault";
+    let r = w.run(session, &[], &[], "sleep 2");
+    let t0 = Instant::now();
+    let max = loop {
+        if let Some(d) = pids_cgroup(&w, session) {
+            if let Ok(m) = std::fs::read_to_string(d.join("pids.max")) {
+                break m;
+            }
+        }
+        assert!(t0.elapsed() < T, "no pids cgroup seen");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(max.trim(), "4096");
+    let out = r.finish(T);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 /// A non-loopback address of this host, if it has one.

@@ -607,7 +607,16 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let (ctl_listener, ctl_path) = bind_control(&state, &session)?;
     let cleanup_sock = scopeguard(ctl_path.clone());
     let audit = Arc::new(AuditLog::create(&log_dir, &session)?);
-    let cg = SessionCgroup::create(&session)?;
+    let mut cg = SessionCgroup::create(&session)?;
+    // The pids limit is in place before anything runs in the session: a fork bomb stays inside.
+    let pids_max = profile.limits.pids();
+    let pids_at = match cg.limit_pids(pids_max) {
+        Ok(p) => p,
+        Err(e) => {
+            cg.destroy();
+            return Err(e.into());
+        }
+    };
     let cg_guard = CgroupGuard(&cg);
 
     let mut observer = crate::exec::ExecObserver::load_then(|| btf.get_exec())?;
@@ -723,7 +732,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                            "hold_connect_forwarded": forwards, "hold_connect_unforwarded": unforwarded,
                            "hold_connect_at_connect": connect_held.iter().map(|e| e.to_string()).collect::<Vec<_>>()},
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
-               "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
+               "supervisor_pid": std::process::id(), "cgroup": cg.path(),
+               "pids_max": pids_max, "pids_cgroup": pids_at.dir()}),
     );
     if !args.quiet {
         let pats = profile.files.protect_patterns.patterns().len();
@@ -1446,6 +1456,11 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan, lifeline: OwnedFd) -> ! {
             "join the session cgroup",
             "not in the session cgroup after clone3",
         ),
+    }
+    // Where the pids controller lives in the v1 hierarchy: join the session's pids cgroup
+    // before anything else runs (everything the session starts inherits it).
+    if let Err(e) = cg.join_pids_v1() {
+        child_fail("join the session's pids cgroup", e);
     }
     let flags = nix::sched::CloneFlags::CLONE_NEWNS
         | nix::sched::CloneFlags::CLONE_NEWIPC
