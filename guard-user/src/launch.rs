@@ -718,7 +718,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         NetMode::None => "none",
         NetMode::Host => "host",
     };
-    report.record(
+    // Fail closed: a session whose start the audit log does not have does not start.
+    report.try_record(
         "session_start",
         json!({"command": cmd_str, "user": ident.name, "uid": ident.uid, "gid": ident.gid,
                "protected": prot.roots(), "backend": backend_name, "lsm_refused": lsm_refused, "decision_timeout_s": timeout.as_secs_f64(),
@@ -734,7 +735,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
                "supervisor_pid": std::process::id(), "cgroup": cg.path(),
                "pids_max": pids_max, "pids_cgroup": pids_at.dir()}),
-    );
+    )?;
     if !args.quiet {
         let pats = profile.files.protect_patterns.patterns().len();
         eprintln!(
