@@ -558,7 +558,7 @@ fn a_fork_bomb_is_contained_and_the_guard_keeps_answering() {
     assert_eq!(holds[0]["kind"], "unlink");
     intact(&f, &out);
     assert!(
-        peak <= LIMIT && peak >= LIMIT / 2,
+        (LIMIT / 2..=LIMIT).contains(&peak),
         "pids.current peaked at {peak} (limit {LIMIT})\n{}",
         text(&out)
     );

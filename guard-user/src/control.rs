@@ -504,11 +504,14 @@ pub fn all_pending(session: Option<&str>) -> Result<Vec<serde_json::Value>, Cont
     pending_and_silent(session).map(|(all, _)| all)
 }
 
+/// Sessions that did not answer, with why.
+type Silent = Vec<(String, ControlError)>;
+
 /// [`all_pending`], and the sessions that did not answer in time (name, error): a session
 /// whose supervisor is stopped or stalled, whose holds could not be listed.
 fn pending_and_silent(
     session: Option<&str>,
-) -> Result<(Vec<serde_json::Value>, Vec<(String, ControlError)>), ControlError> {
+) -> Result<(Vec<serde_json::Value>, Silent), ControlError> {
     let mut all: Vec<serde_json::Value> = Vec::new();
     let mut silent = Vec::new();
     for (name, sock) in sockets(session)? {
