@@ -1,7 +1,11 @@
-//! The escape suite on this host's backend (seccomp + Landlock), through the real binary. Each
-//! case tries to destroy a protected file, or to get out from under the guard, while an automatic
-//! denier answers every hold; it asserts the protected data survived and the session ended.
-//! docs/SECURITY.md lists every case (and the attacks covered by the other test files).
+//! The escape suite through the real binary, on whichever backend `sandbox run` picks: seccomp +
+//! Landlock on hosts that refuse BPF LSM (CI), the BPF LSM backend inside the test VMs
+//! (`cargo xtask vm-test --test escape -- --skip a_process_ignoring_the_proxy_variables`, where
+//! every case but that one runs: the VM has no network and no Python). Each case tries to destroy
+//! a protected file, or to get out from under the guard, while an automatic denier answers every
+//! hold; it asserts the protected data survived and the session ended. Only busybox tools and
+//! tests/progs programs are used, so the same cases run in the VM. docs/SECURITY.md lists every
+//! case (and the attacks covered by the other test files).
 
 // Tests fail loudly on any unexpected error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{deny_all, privileged, text, World};
+use common::{privileged, text, World};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -34,6 +38,32 @@ fn intact(f: &Path, out: &std::process::Output) {
         "protected file destroyed or changed\n{}",
         text(out)
     );
+}
+
+/// Inside the test VM the suite is there for the BPF LSM backend: check the session used it.
+fn assert_backend(w: &World, session: &str) {
+    if std::env::var_os("GUARD_IN_VM").is_none() {
+        return;
+    }
+    let log = w.log(session);
+    assert_eq!(
+        log[0]["backend"], "lsm",
+        "session {session} ran on {}",
+        log[0]["backend"]
+    );
+}
+
+/// [`common::deny_all`], then [`assert_backend`].
+fn deny_all(
+    w: &World,
+    extra: &[&str],
+    session: &str,
+    prot: &Path,
+    script: &str,
+) -> (Vec<Value>, std::process::Output) {
+    let r = common::deny_all(w, extra, session, prot, script);
+    assert_backend(w, session);
+    r
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -83,34 +113,26 @@ fn o_path_fds_and_proc_self_cwd_reach_nothing() {
     let (w, prot, f) = protected();
     // O_PATH directory fd + /proc/self/fd/N/f; an O_PATH fd of the file reopened for writing with
     // O_TRUNC through its magic link; an O_RDONLY fd of the file likewise; rm through the cwd.
-    let py = format!(
-        "import os\n\
-         def t(what, fn):\n\
-         \x20   try:\n\
-         \x20       fn(); print(what + '=ok')\n\
-         \x20   except OSError as e:\n\
-         \x20       print(what + '=' + str(e.errno))\n\
-         d = os.open('{p}', os.O_PATH | os.O_DIRECTORY)\n\
-         t('unlink_opath', lambda: os.unlink('/proc/self/fd/%d/f' % d))\n\
-         t('rename_opath', lambda: os.rename('/proc/self/fd/%d/f' % d, '/proc/self/fd/%d/g' % d))\n\
-         fp = os.open('{f}', os.O_PATH)\n\
-         t('trunc_opath', lambda: os.open('/proc/self/fd/%d' % fp, os.O_WRONLY | os.O_TRUNC))\n\
-         fr = os.open('{f}', os.O_RDONLY)\n\
-         t('trunc_rdonly', lambda: os.open('/proc/self/fd/%d' % fr, os.O_WRONLY | os.O_TRUNC))\n\
-         t('truncate_fdpath', lambda: os.truncate('/proc/self/fd/%d' % fr, 0))\n",
+    let ops = common::prog("escape_ops");
+    let script = format!(
+        "{ops} opath {p} {f}; cd {p} && rm /proc/self/cwd/f; mv /proc/self/cwd/f /proc/self/cwd/../moved; echo end",
+        ops = ops.display(),
         p = prot.display(),
         f = f.display()
-    );
-    let pyfile = w.file("attack.py", &py);
-    let script = format!(
-        "python3 {py}; cd {p} && rm /proc/self/cwd/f; mv /proc/self/cwd/f /proc/self/cwd/../moved; echo end",
-        py = pyfile.display(),
-        p = prot.display()
     );
     let (holds, out) = deny_all(&w, &[], "esc-fdcwd", &prot, &script);
     let s = stdout(&out);
     assert!(s.contains("end"), "{}", text(&out));
     assert!(!s.contains("=ok"), "an attempt succeeded\n{}", text(&out));
+    for k in [
+        "unlink_opath=",
+        "rename_opath=",
+        "trunc_opath=",
+        "trunc_rdonly=",
+        "truncate_fdpath=",
+    ] {
+        assert!(s.contains(k), "{k} was not tried\n{}", text(&out));
+    }
     assert!(!holds.is_empty(), "{}", text(&out));
     intact(&f, &out);
 }
@@ -125,9 +147,10 @@ fn renaming_a_parent_of_the_protected_tree_away_is_held() {
     let f = w.file("a/b/prot/f", "keep");
     let script = format!(
         "mv {a} {work}/a2; echo mv_a=$?; mv {a}/b {work}/b2; echo mv_b=$?; \
-         python3 -c 'import os; os.rename(\"{a}\", \"{work}/a3\")'; echo py=$?",
+         {ops} rename {a} {work}/a3; echo py=$?",
         a = w.work.join("a").display(),
-        work = w.work.display()
+        work = w.work.display(),
+        ops = common::prog("escape_ops").display()
     );
     let (holds, out) = deny_all(&w, &[], "esc-parent", &prot, &script);
     let s = stdout(&out);
@@ -224,24 +247,15 @@ fn the_session_cannot_see_signal_ptrace_or_read_the_supervisor() {
     }
     let (w, prot, f) = protected();
     let go = w.work.join("sup");
-    let py = "import ctypes, os, sys\n\
-              s = int(sys.argv[1])\n\
-              libc = ctypes.CDLL(None, use_errno=True)\n\
-              r = libc.ptrace(16, s, 0, 0)\n\
-              print('ptrace=%d' % (ctypes.get_errno() if r < 0 else 0))\n\
-              try:\n\
-              \x20   open('/proc/%d/mem' % s, 'rb').read(1); print('mem=ok')\n\
-              except OSError as e:\n\
-              \x20   print('mem=%d' % e.errno)\n";
-    let pyfile = w.file("sup.py", py);
+    let ops = common::prog("escape_ops");
     let script = format!(
         "while [ ! -s {go} ]; do sleep 0.05; done; S=$(cat {go}); \
          [ -e /proc/$S ] && echo visible || echo invisible; \
          grep -l 'sandbox' /proc/[0-9]*/cmdline 2>/dev/null | tr '\\n' ' '; echo; \
-         kill -9 $S; echo kill=$?; kill -STOP $S; echo stop=$?; python3 {py} $S; \
+         kill -9 $S; echo kill=$?; kill -STOP $S; echo stop=$?; {ops} ptrace $S; \
          kill -9 $PPID; kill -9 1; rm {f}; echo end",
         go = go.display(),
-        py = pyfile.display(),
+        ops = ops.display(),
         f = f.display()
     );
     let name = "esc-super";
@@ -258,6 +272,7 @@ fn the_session_cannot_see_signal_ptrace_or_read_the_supervisor() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = r.finish(T);
+    assert_backend(&w, name);
     let s = stdout(&out);
     assert!(s.contains("invisible"), "{}", text(&out));
     assert!(
@@ -266,7 +281,10 @@ fn the_session_cannot_see_signal_ptrace_or_read_the_supervisor() {
         text(&out)
     );
     assert!(
-        !s.contains("ptrace=0") && !s.contains("mem=ok"),
+        s.contains("ptrace=")
+            && s.contains("mem=")
+            && !s.contains("ptrace=0")
+            && !s.contains("mem=ok"),
         "{}",
         text(&out)
     );
@@ -370,6 +388,7 @@ fn sigkill_of_a_held_process_leaves_the_file() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = r.finish(T);
+    assert_backend(&w, name);
     let s = stdout(&out);
     assert!(
         s.contains("rc=137") && s.contains("keep") && s.contains("end"),
@@ -442,6 +461,7 @@ fn flooding_the_control_socket_with_garbage_and_forged_decisions_releases_nothin
     );
     w.decide("deny", h["id"].as_str().unwrap(), &[]);
     let out = r.finish(T);
+    assert_backend(&w, name);
     assert!(stdout(&out).contains("rm=1"), "{}", text(&out));
     intact(&f, &out);
 }
@@ -489,29 +509,16 @@ fn a_fork_bomb_is_contained_and_the_guard_keeps_answering() {
     let (w, prot, f) = protected();
     const LIMIT: u64 = 200;
     let profile = w.file("limits.toml", &format!("[limits]\npids = {LIMIT}\n"));
-    // A classic fork bomb, started by a Python process that then (without forking: the bomb
-    // holds every pid it may have) tries to remove the protected file.
-    let py = format!(
-        "import os, time\n\
-         if os.fork() == 0:\n\
-         \x20   fd = os.open('/dev/null', os.O_WRONLY); os.dup2(fd, 2)\n\
-         \x20   os.execvp('sh', ['sh', '-c', 'b(){{ b | b & }}; b'])\n\
-         time.sleep(5)\n\
-         print('procs=%d' % len([d for d in os.listdir('/proc') if d.isdigit()]), flush=True)\n\
-         try:\n\
-         \x20   os.unlink('{f}'); print('unlink=ok', flush=True)\n\
-         except OSError as e:\n\
-         \x20   print('unlink=%d' % e.errno, flush=True)\n",
-        f = f.display()
-    );
-    let pyfile = w.file("bomb.py", &py);
+    // A classic fork bomb, started by a process that then (without forking: the bomb holds
+    // every pid it may have) tries to remove the protected file.
+    let ops = common::prog("escape_ops");
     let session = "esc-forkbomb";
     let pf = profile.display().to_string();
     let mut r = w.run(
         session,
         &[&prot],
         &["--profile", &pf],
-        &format!("python3 {}", pyfile.display()),
+        &format!("{} bomb 5 {}", ops.display(), f.display()),
     );
     let t0 = Instant::now();
     let (mut peak, mut holds, mut host_forks) = (0u64, Vec::new(), 0u32);
@@ -547,6 +554,7 @@ fn a_fork_bomb_is_contained_and_the_guard_keeps_answering() {
     let out = r.finish(T);
     eprintln!("fork bomb: pids.current peaked at {peak} (limit {LIMIT}); host forks meanwhile: {host_forks}; session ended after {ended:?}");
     let dir = dir.expect("session_start names the pids cgroup");
+    assert_backend(&w, session);
     let s = stdout(&out);
     assert!(status.success(), "{}", text(&out));
     assert!(
