@@ -319,6 +319,71 @@ fn moving_into_another_cgroup_does_not_escape_the_guard() {
 }
 
 #[test]
+fn root_in_the_session_cannot_move_out_of_its_cgroups() {
+    if !privileged() {
+        return;
+    }
+    // As root (no capabilities), cgroup.procs files are writable by their owner: the session
+    // mounts every cgroup file system read-only (was a hole: fixed, see the known limits).
+    let (w, prot, f) = protected();
+    let script = format!(
+        "for c in $(awk '$3 ~ /^cgroup2?$/ {{print $2}}' /proc/mounts); do \
+         for p in $c/cgroup.procs $c/*/cgroup.procs; do echo $$ > $p 2>/dev/null && echo moved:$p; done; \
+         mkdir $c/esc-root 2>/dev/null && echo mkdir:$c; done; \
+         echo cgroups; cat /proc/self/cgroup; rm {f}; echo rm=$?",
+        f = f.display()
+    );
+    let name = "esc-rootcg";
+    let p = prot.display().to_string();
+    let mut r = w.spawn(
+        &[
+            "run",
+            "--user",
+            "root",
+            "--session",
+            name,
+            "--protect",
+            &p,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        name,
+    );
+    let mut holds = Vec::new();
+    let t0 = Instant::now();
+    while r.child.try_wait().unwrap().is_none() {
+        for h in w.pending().into_iter().filter(|h| h["session"] == name) {
+            w.decide("deny", h["id"].as_str().unwrap(), &["--scope", "once"]);
+            holds.push(h);
+        }
+        assert!(t0.elapsed() < T, "session did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = r.finish(T);
+    assert_backend(&w, name);
+    let s = stdout(&out);
+    assert!(
+        !s.contains("moved:") && !s.contains("mkdir:"),
+        "{}",
+        text(&out)
+    );
+    // Still in the session's cgroup (and its v1 pids cgroup, where there is one).
+    let after = s.split("cgroups").nth(1).unwrap_or("");
+    for l in after
+        .lines()
+        .filter(|l| l.starts_with("0::") || l.contains(":pids:"))
+    {
+        assert!(l.ends_with("/sandbox/esc-rootcg"), "{l}\n{}", text(&out));
+    }
+    assert!(after.contains("0::/sandbox/esc-rootcg"), "{}", text(&out));
+    assert!(s.contains("rm=1"), "{}", text(&out));
+    assert_eq!(holds.len(), 1, "the rm after the attempt is still held");
+    intact(&f, &out);
+}
+
+#[test]
 fn unshare_and_setns_cannot_shed_the_guard() {
     if !privileged() {
         return;

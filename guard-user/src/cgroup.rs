@@ -42,6 +42,19 @@ pub fn find_pids_v1(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// Every cgroup (v1 and v2) mount point in a mountinfo text.
+pub fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            let mnt = pre.split_whitespace().nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(unescape(mnt)))
+        })
+        .collect()
+}
+
 /// Finds the cgroup2 mount point in a mountinfo text.
 pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|l| {
@@ -301,6 +314,21 @@ mod tests {
         let pure = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n\
                     40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
         assert_eq!(find_pids_v1(pure), None);
+    }
+
+    #[test]
+    fn lists_every_cgroup_mount() {
+        let mi = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                  32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                  50 1 0:40 / /proc rw - proc proc rw\n";
+        assert_eq!(
+            cgroup_mounts(mi),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu"),
+                PathBuf::from("/sys/fs/cgroup/unified")
+            ]
+        );
     }
 
     #[test]

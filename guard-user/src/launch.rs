@@ -1487,6 +1487,23 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan, lifeline: OwnedFd) -> ! {
     if let Err(e) = mount(Some("proc"), "/proc", Some("proc"), nsx, None::<&str>) {
         child_fail("mount /proc", e);
     }
+    // Every cgroup file system read-only: a command running as root (`--user root`, without
+    // capabilities) could otherwise write its pid to another cgroup's `cgroup.procs` and leave
+    // the session's cgroup, with its pids limit and the eBPF programs keyed by it.
+    let cgroups = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|mi| crate::cgroup::cgroup_mounts(&mi))
+        .unwrap_or_else(|e| child_fail("read /proc/self/mountinfo", e));
+    for m in cgroups {
+        if let Err(e) = mount(
+            None::<&str>,
+            &m,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nsx,
+            None::<&str>,
+        ) {
+            child_fail(&format!("make {} read-only", m.display()), e);
+        }
+    }
     // The profile's mounts come before the state directory is hidden: hidden files are covered
     // by a stand-in that lives there.
     if let Err(e) = plan.mounts.apply() {

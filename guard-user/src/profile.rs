@@ -9,7 +9,7 @@
 //!
 //! Merge rules, applied from the farthest ancestor to the named profile:
 //! - scalars (`description`, `decisions.*`, `process.allow_io_uring`, `network.mode`,
-//!   `network.unknown_hosts`) override when set;
+//!   `network.unknown_hosts`, `limits.pids`) override when set;
 //! - lists append (duplicates dropped, first position kept);
 //! - `[risk]` is replaced as a whole when the profile has the table (a risk statement is about
 //!   one task: half of an inherited one would mislead);
