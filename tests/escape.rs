@@ -325,12 +325,13 @@ fn root_in_the_session_cannot_move_out_of_its_cgroups() {
     }
     // As root (no capabilities), cgroup.procs files are writable by their owner: the session
     // mounts every cgroup file system read-only (was a hole: fixed, see the known limits).
+    // (`rm -f`: root without capabilities cannot write nobody's file, and rm would ask on a tty.)
     let (w, prot, f) = protected();
     let script = format!(
         "for c in $(awk '$3 ~ /^cgroup2?$/ {{print $2}}' /proc/mounts); do \
          for p in $c/cgroup.procs $c/*/cgroup.procs; do echo $$ > $p 2>/dev/null && echo moved:$p; done; \
          mkdir $c/esc-root 2>/dev/null && echo mkdir:$c; done; \
-         echo cgroups; cat /proc/self/cgroup; rm {f}; echo rm=$?",
+         echo cgroups; cat /proc/self/cgroup; rm -f {f}; echo rm=$?",
         f = f.display()
     );
     let name = "esc-rootcg";
