@@ -340,16 +340,27 @@ impl AuditLog {
         let hash = sha256_hex(line.as_bytes());
         let mut buf = line.into_bytes();
         buf.push(b'\n');
+        let mut written = 0;
         let res = match (&st.file).write(&buf) {
             Ok(n) if n == buf.len() => Ok(()),
-            Ok(n) => Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {n} of {} bytes", buf.len()),
-            )),
+            Ok(n) => {
+                written = n;
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {} bytes", buf.len()),
+                ))
+            }
             Err(e) => Err(e),
         }
         .and_then(|()| if sync { st.file.sync_data() } else { Ok(()) });
         if let Err(source) = res {
+            // A short write (a full file system) leaves part of a line: take it back, so the log
+            // ends with its last complete line.
+            if let Ok(len) = st.file.metadata().map(|m| m.len()) {
+                if let Some(old) = len.checked_sub(written as u64) {
+                    let _ = st.file.set_len(old);
+                }
+            }
             st.broken = true;
             return Err(AuditError::Write {
                 path: self.path.clone(),

@@ -54,6 +54,50 @@ pub enum ControlError {
     /// No such session.
     #[error("no live session named {0}")]
     UnknownSession(String),
+    /// The state directory is missing while sessions run: it was removed under them.
+    #[error("the state directory {} is missing, yet sessions of it are running ({}): it was removed while they ran, so their holds cannot be listed or decided any more; they are denied when their decision timeout expires", dir.display(), sessions.join(", "))]
+    StateDirGone {
+        /// The state directory.
+        dir: PathBuf,
+        /// The sessions still listening on sockets that were in it.
+        sessions: Vec<String>,
+    },
+}
+
+/// The error for a missing state directory: [`ControlError::StateDirGone`] when supervisors
+/// still listen on sockets that were in it (`/proc/net/unix` keeps the path a socket was bound
+/// to after the file is gone), else `None` (nothing has run here, or nothing runs any more).
+fn state_dir_gone(dir: &Path) -> Option<ControlError> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let sessions = listening_sessions(&table, dir);
+    (!sessions.is_empty()).then(|| ControlError::StateDirGone {
+        dir: dir.to_path_buf(),
+        sessions,
+    })
+}
+
+/// The sessions with a listening socket bound to `DIR/NAME.sock`, from a `/proc/net/unix` text.
+fn listening_sessions(table: &str, dir: &Path) -> Vec<String> {
+    /// `__SO_ACCEPTCON`: a listening socket.
+    const ACCEPTCON: u32 = 0x10000;
+    let mut v: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let flags = u32::from_str_radix(f.nth(3)?, 16).ok()?;
+            let path = Path::new(f.nth(3)?);
+            let name = path
+                .strip_prefix(dir)
+                .ok()?
+                .to_str()?
+                .strip_suffix(".sock")?;
+            (flags & ACCEPTCON != 0 && !name.contains('/')).then(|| name.to_owned())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// A request on the control socket.
@@ -308,10 +352,11 @@ fn handle(
                     decided: Some(ids),
                     ..Answer::ok()
                 },
-                Err(e) => Answer {
+                Err(e @ crate::hold::DecideError::Unknown(_)) => Answer {
                     unknown: Some(true),
                     ..Answer::err(e.to_string())
                 },
+                Err(e) => Answer::err(e.to_string()),
             }
         }
     }
@@ -416,13 +461,23 @@ fn sockets(only: Option<&str>) -> Result<Vec<(String, PathBuf)>, ControlError> {
     if let Some(name) = only {
         let p = socket_path(&dir, name);
         if !p.exists() {
+            if !dir.exists() {
+                if let Some(e) = state_dir_gone(&dir) {
+                    return Err(e);
+                }
+            }
             return Err(ControlError::UnknownSession(name.into()));
         }
         return Ok(vec![(name.to_string(), p)]);
     }
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match state_dir_gone(&dir) {
+                Some(e) => Err(e),
+                None => Ok(vec![]),
+            }
+        }
         Err(source) => {
             return Err(ControlError::Io {
                 what: "list",
@@ -450,33 +505,39 @@ fn refused(a: &Answer) -> ControlError {
 /// `sandbox pending`: prints pending holds. Exit 0.
 /// The pending holds of every live session (or of `session`), as the sessions report them.
 pub fn all_pending(session: Option<&str>) -> Result<Vec<serde_json::Value>, ControlError> {
+    pending_and_silent(session).map(|(all, _)| all)
+}
+
+/// Sessions that did not answer, with why.
+type Silent = Vec<(String, ControlError)>;
+
+/// [`all_pending`], and the sessions that did not answer in time (name, error): a session
+/// whose supervisor is stopped or stalled, whose holds could not be listed.
+fn pending_and_silent(
+    session: Option<&str>,
+) -> Result<(Vec<serde_json::Value>, Silent), ControlError> {
     let mut all: Vec<serde_json::Value> = Vec::new();
+    let mut silent = Vec::new();
     for (name, sock) in sockets(session)? {
         match call(&sock, &Request::Pending) {
             Ok(a) if a.ok => all.extend(a.pending.unwrap_or_default()),
             // Busy (too many connections): live, but its holds cannot be listed now.
-            Ok(a) if session.is_none() => eprintln!(
-                "sandbox: warning: session {name} refused the request ({}); its holds are not listed",
-                a.error.as_deref().unwrap_or("refused")
-            ),
+            Ok(a) if session.is_none() => silent.push((name, refused(&a))),
             Ok(a) => return Err(refused(&a)),
             // A socket left by a supervisor that died, or a session ending while we asked: not a
             // live session (unless it was named).
             Err(ControlError::Io { ref source, .. }) if session.is_none() && gone(source) => {}
-            // A live session that did not answer (busy, stalled): its holds are not in the
-            // list, and the person reading it must know.
+            // Connected, then no answer, or a garbled one: a live session that cannot be
+            // listed, and the person reading the list must know.
             Err(e @ (ControlError::Io { .. } | ControlError::Protocol { .. }))
                 if session.is_none() =>
             {
-                eprintln!(
-                    "sandbox: warning: session {name} did not answer ({}); its holds are not listed",
-                    crate::launch::error_chain(&e)
-                );
+                silent.push((name, e))
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(all)
+    Ok((all, silent))
 }
 
 /// True when a control-socket error means the session is gone (nobody listens on the socket,
@@ -491,7 +552,10 @@ fn gone(e: &std::io::Error) -> bool {
 }
 
 pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError> {
-    let all = all_pending(session)?;
+    let (all, silent) = pending_and_silent(session)?;
+    for (name, e) in &silent {
+        eprintln!("sandbox: session {name} did not answer ({e}): its holds are not listed");
+    }
     if json {
         println!("{}", serde_json::Value::Array(all));
     } else if all.is_empty() {
@@ -617,4 +681,23 @@ pub fn cmd_sessions(json: bool) -> Result<u8, ControlError> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_of_a_removed_state_directory_name_their_sessions() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 2116093 /run/x/s1.sock\n\
+            0000000000000000: 00000002 00000000 00000000 0001 03 2116094 /run/x/s2.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 2116095 /run/x/sub/s3.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 2116096 /run/xy/s4.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 2116097 /run/x/other\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 2116098\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 2116099 /run/x/s1.sock\n";
+        assert_eq!(listening_sessions(table, Path::new("/run/x")), vec!["s1"]);
+        assert!(listening_sessions(table, Path::new("/nowhere")).is_empty());
+    }
 }

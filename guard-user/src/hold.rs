@@ -186,6 +186,9 @@ pub enum DecideError {
     /// No pending hold has this id.
     #[error("no pending hold {0}")]
     Unknown(String),
+    /// The decision could not be written to the audit log: the holds were denied instead.
+    #[error("the decision could not be written to the audit log: {} denied instead (fail closed)", .0.join(", "))]
+    Unrecorded(Vec<String>),
 }
 
 struct Inner<T> {
@@ -426,17 +429,27 @@ pub trait HoldBackend: Send + Sync {
     fn withdraw(&self, id: &str, by: &str) {
         if let Ok(v) = self.holds().decide(id, Verdict::Deny, Scope::Once, None) {
             for d in v {
-                self.reporter().decided(&d.info, d.verdict, by, d.waited);
+                // Nothing is carried out either way.
+                let _ = self.reporter().decided(&d.info, d.verdict, by, d.waited);
             }
         }
     }
 
-    /// Reports and carries out decided holds.
-    fn finish(&self, decided: Vec<Decided<Self::Op>>, by: &str) {
+    /// Reports and carries out decided holds; returns the ids of those whose decision could
+    /// not be written to the audit log (carried out as denials: fail closed).
+    fn finish(&self, decided: Vec<Decided<Self::Op>>, by: &str) -> Vec<String> {
+        let mut unrecorded = Vec::new();
         for d in decided {
-            self.reporter().decided(&d.info, d.verdict, by, d.waited);
-            self.carry_out(d.op, d.verdict);
+            let v = match self.reporter().decided(&d.info, d.verdict, by, d.waited) {
+                true => d.verdict,
+                false => {
+                    unrecorded.push(d.info.id.clone());
+                    Verdict::Deny
+                }
+            };
+            self.carry_out(d.op, v);
         }
+        unrecorded
     }
 }
 
@@ -458,16 +471,19 @@ impl<B: HoldBackend> Decider for B {
             self.stand(&first.info, verdict, scope, duration);
         }
         let ids = decided.iter().map(|d| d.info.id.clone()).collect();
-        self.finish(decided, by);
+        let unrecorded = self.finish(decided, by);
+        if !unrecorded.is_empty() {
+            return Err(DecideError::Unrecorded(unrecorded));
+        }
         Ok(ids)
     }
 
     fn expire(&self, timeout: Duration) {
-        self.finish(self.holds().expired(timeout), "timeout");
+        let _ = self.finish(self.holds().expired(timeout), "timeout");
     }
 
     fn end(&self) {
-        self.finish(self.holds().drain(), "session ended");
+        let _ = self.finish(self.holds().drain(), "session ended");
     }
 }
 

@@ -607,7 +607,16 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let (ctl_listener, ctl_path) = bind_control(&state, &session)?;
     let cleanup_sock = scopeguard(ctl_path.clone());
     let audit = Arc::new(AuditLog::create(&log_dir, &session)?);
-    let cg = SessionCgroup::create(&session)?;
+    let mut cg = SessionCgroup::create(&session)?;
+    // The pids limit is in place before anything runs in the session: a fork bomb stays inside.
+    let pids_max = profile.limits.pids();
+    let pids_at = match cg.limit_pids(pids_max) {
+        Ok(p) => p,
+        Err(e) => {
+            cg.destroy();
+            return Err(e.into());
+        }
+    };
     let cg_guard = CgroupGuard(&cg);
 
     let mut observer = crate::exec::ExecObserver::load_then(|| btf.get_exec())?;
@@ -709,7 +718,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         NetMode::None => "none",
         NetMode::Host => "host",
     };
-    report.record(
+    // Fail closed: a session whose start the audit log does not have does not start.
+    report.try_record(
         "session_start",
         json!({"command": cmd_str, "user": ident.name, "uid": ident.uid, "gid": ident.gid,
                "protected": prot.roots(), "backend": backend_name, "lsm_refused": lsm_refused, "decision_timeout_s": timeout.as_secs_f64(),
@@ -723,8 +733,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                            "hold_connect_forwarded": forwards, "hold_connect_unforwarded": unforwarded,
                            "hold_connect_at_connect": connect_held.iter().map(|e| e.to_string()).collect::<Vec<_>>()},
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
-               "supervisor_pid": std::process::id(), "cgroup": cg.path()}),
-    );
+               "supervisor_pid": std::process::id(), "cgroup": cg.path(),
+               "pids_max": pids_max, "pids_cgroup": pids_at.dir()}),
+    )?;
     if !args.quiet {
         let pats = profile.files.protect_patterns.patterns().len();
         eprintln!(
@@ -1451,6 +1462,11 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan, lifeline: OwnedFd) -> ! {
             "not in the session cgroup after clone3",
         ),
     }
+    // Where the pids controller lives in the v1 hierarchy: join the session's pids cgroup
+    // before anything else runs (everything the session starts inherits it).
+    if let Err(e) = cg.join_pids_v1() {
+        child_fail("join the session's pids cgroup", e);
+    }
     let flags = nix::sched::CloneFlags::CLONE_NEWNS
         | nix::sched::CloneFlags::CLONE_NEWIPC
         | nix::sched::CloneFlags::CLONE_NEWUTS;
@@ -1474,6 +1490,23 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan, lifeline: OwnedFd) -> ! {
     let nsx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if let Err(e) = mount(Some("proc"), "/proc", Some("proc"), nsx, None::<&str>) {
         child_fail("mount /proc", e);
+    }
+    // Every cgroup file system read-only: a command running as root (`--user root`, without
+    // capabilities) could otherwise write its pid to another cgroup's `cgroup.procs` and leave
+    // the session's cgroup, with its pids limit and the eBPF programs keyed by it.
+    let cgroups = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|mi| crate::cgroup::cgroup_mounts(&mi))
+        .unwrap_or_else(|e| child_fail("read /proc/self/mountinfo", e));
+    for m in cgroups {
+        if let Err(e) = mount(
+            None::<&str>,
+            &m,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nsx,
+            None::<&str>,
+        ) {
+            child_fail(&format!("make {} read-only", m.display()), e);
+        }
     }
     // The profile's mounts come before the state directory is hidden: hidden files are covered
     // by a stand-in that lives there.

@@ -9,7 +9,7 @@
 //!
 //! Merge rules, applied from the farthest ancestor to the named profile:
 //! - scalars (`description`, `decisions.*`, `process.allow_io_uring`, `network.mode`,
-//!   `network.unknown_hosts`) override when set;
+//!   `network.unknown_hosts`, `limits.pids`) override when set;
 //! - lists append (duplicates dropped, first position kept);
 //! - `[risk]` is replaced as a whole when the profile has the table (a risk statement is about
 //!   one task: half of an inherited one would mislead);
@@ -204,6 +204,14 @@ struct RawProfile {
     commands: RawCommands,
     #[serde(default)]
     notify: RawNotify,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLimits {
+    pids: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,6 +327,29 @@ pub struct Decisions {
     /// The scope a decision gets when the human names none; `None`: the built-in default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_scope: Option<Scope>,
+}
+
+/// The smallest and largest `limits.pids` (a session needs its init, the command and a few
+/// helpers; Linux's own `pid_max` cannot exceed 2^22).
+pub const PIDS_RANGE: std::ops::RangeInclusive<u32> = 8..=4_194_304;
+
+/// The pids limit of a session whose profile sets none (and of `sandbox run` without a profile).
+pub const DEFAULT_PIDS: u32 = 4096;
+
+/// Resource limits of the whole session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// At most this many tasks (processes and threads) in the session at once; `None`: the
+    /// built-in [`DEFAULT_PIDS`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl Limits {
+    /// The pids limit in force: the profile's, else [`DEFAULT_PIDS`].
+    pub fn pids(&self) -> u32 {
+        self.pids.unwrap_or(DEFAULT_PIDS)
+    }
 }
 
 /// The files section, resolved: `~` expanded, literal paths apart from compiled name patterns.
@@ -609,6 +640,8 @@ pub struct Resolved {
     pub commands: Commands,
     /// Webhook and other announcements.
     pub notify: Notify,
+    /// Resource limits of the session.
+    pub limits: Limits,
 }
 
 #[derive(Serialize)]
@@ -622,6 +655,7 @@ struct View<'a> {
     network: &'a Network,
     commands: &'a Commands,
     notify: &'a Notify,
+    limits: &'a Limits,
 }
 
 #[derive(Serialize)]
@@ -649,6 +683,7 @@ impl Resolved {
             network: &self.network,
             commands: &self.commands,
             notify: &self.notify,
+            limits: &self.limits,
         }
     }
 
@@ -896,6 +931,7 @@ struct Layer {
     network: Network,
     commands: Commands,
     notify: Notify,
+    limits: Limits,
 }
 
 /// A `protect` / `protect_writes` entry.
@@ -1160,6 +1196,23 @@ fn parse_layer(doc: &Doc, home: &Path) -> Result<Layer, ProfileError> {
             return Err(doc.error(f.span(), "notify.webhook_secret_file takes a file path"));
         };
         l.notify.webhook_secret_file = Some(p);
+    }
+    // Limits.
+    if let Some(n) = &raw.limits.pids {
+        let v = *n.get_ref();
+        match u32::try_from(v).ok().filter(|v| PIDS_RANGE.contains(v)) {
+            Some(v) => l.limits.pids = Some(v),
+            None => {
+                return Err(doc.error(
+                    n.span(),
+                    format!(
+                        "{v} is outside {}..={} (tasks of the whole session)",
+                        PIDS_RANGE.start(),
+                        PIDS_RANGE.end()
+                    ),
+                ))
+            }
+        }
     }
     if l.notify.webhook.is_some() != l.notify.webhook_secret_file.is_some() {
         let span = raw
@@ -1517,6 +1570,9 @@ impl Merge {
         if l.notify.webhook.is_some() {
             r.notify = l.notify;
         }
+        if l.limits.pids.is_some() {
+            r.limits.pids = l.limits.pids;
+        }
     }
 
     fn finish(mut self) -> Result<Resolved, ProfileError> {
@@ -1685,6 +1741,34 @@ mod tests {
         assert!(!r.process.keeps_env("AWS_SECRET_ACCESS_KEY"));
         assert!(r.process.keeps_env("PATH"));
         assert_eq!(r.decisions.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(r.limits.pids, Some(DEFAULT_PIDS));
+    }
+
+    #[test]
+    fn limits_pids_is_checked_overridden_and_defaulted() {
+        assert_eq!(Resolved::empty().limits.pids(), DEFAULT_PIDS);
+        assert_eq!(
+            load_text("[limits]\npids = 300\n").unwrap().limits.pids(),
+            300
+        );
+        assert_eq!(
+            error_of("[limits]\npids = 2\n"),
+            "p.toml:2:8: limits.pids: 2 is outside 8..=4194304 (tasks of the whole session)"
+        );
+        assert!(error_of("[limits]\npids = -1\n").contains("outside"));
+        assert!(error_of("[limits]\npids = 99999999999\n").contains("outside"));
+        assert!(error_of("[limits]\npids = \"many\"\n").starts_with("p.toml:2:8:"));
+        assert!(error_of("[limits]\nprocs = 5\n").contains("unknown field"));
+        // A later profile overrides; one that says nothing keeps the inherited value.
+        let d = Dir::new(&[
+            ("base.toml", "[limits]\npids = 100\n"),
+            ("mid.toml", "extends = \"base.toml\"\n"),
+            ("top.toml", "extends = \"mid.toml\"\n[limits]\npids = 50\n"),
+        ]);
+        assert_eq!(d.load(&d.path("mid.toml")).unwrap().limits.pids, Some(100));
+        let top = d.load(&d.path("top.toml")).unwrap();
+        assert_eq!(top.limits.pids, Some(50));
+        assert!(top.to_toml().contains("[limits]\npids = 50"));
     }
 
     #[test]

@@ -16,7 +16,12 @@ pub struct Reporter {
     quiet: bool,
     /// Set after the fork (its thread must not exist when the session's init is forked).
     webhook: std::sync::OnceLock<crate::notify::Webhook>,
+    /// Set at the first failed audit write (the human is told once, on stderr).
+    audit_failed: std::sync::atomic::AtomicBool,
 }
+
+/// Why an operation is denied when its hold or decision cannot be written to the audit log.
+pub const UNRECORDED: &str = "audit log unwritable";
 
 fn verdict_str(v: Verdict) -> &'static str {
     match v {
@@ -32,6 +37,7 @@ impl Reporter {
             audit,
             quiet,
             webhook: std::sync::OnceLock::new(),
+            audit_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -50,8 +56,31 @@ impl Reporter {
         let _ = self.webhook.set(w);
     }
 
-    /// Appends an event to the audit log; a failure is logged as a diagnostic.
-    pub fn record(&self, kind: &str, v: Value) {
+    /// Appends an event to the audit log; a failure is logged as a diagnostic (and said once
+    /// on stderr). Returns whether the line was written.
+    pub fn record(&self, kind: &str, v: Value) -> bool {
+        match self.try_record(kind, v) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, kind, "cannot write the audit log");
+                if !self
+                    .audit_failed
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    // Said even when quiet: from now on every hold is denied, and the human
+                    // must know why.
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "\r\nsandbox: cannot write the audit log ({e}): every held operation is denied from now on\r"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Appends an event to the audit log.
+    pub fn try_record(&self, kind: &str, v: Value) -> Result<(), crate::audit::AuditError> {
         let fields = match v {
             Value::Object(m) => m,
             other => {
@@ -60,21 +89,23 @@ impl Reporter {
                 m
             }
         };
-        if let Err(e) = self.audit.append(kind, fields) {
-            tracing::error!(error = %e, kind, "cannot write the audit log");
-        }
+        self.audit.append(kind, fields)
     }
 
-    /// A new hold waits for a human.
-    pub fn held(&self, h: &HoldInfo) {
+    /// A new hold waits for a human. Returns false when the hold could not be written to the
+    /// audit log: the caller must then deny it at once (fail closed; see [`UNRECORDED`]).
+    #[must_use = "a hold that is not in the audit log must be denied"]
+    pub fn held(&self, h: &HoldInfo) -> bool {
         if let Some(w) = self.webhook.get() {
             w.send("hold", json!({"event": "hold", "hold": h}));
         }
-        self.record(
+        if !self.record(
             "hold",
             json!({"id": h.id, "pid": h.pid, "comm": h.comm, "cmdline": h.cmdline, "op": h.kind,
                    "target": h.target, "rule": h.rule}),
-        );
+        ) {
+            return false;
+        }
         if !self.quiet {
             let mut e = std::io::stderr().lock();
             let _ = writeln!(
@@ -88,10 +119,14 @@ impl Reporter {
                 target = h.target
             );
         }
+        true
     }
 
-    /// A hold was decided (by a human, a timeout, or the end of the session).
-    pub fn decided(&self, h: &HoldInfo, v: Verdict, by: &str, waited: Duration) {
+    /// A hold was decided (by a human, a timeout, or the end of the session). Returns whether
+    /// the decision was written to the audit log: when it was not, the caller carries out a
+    /// denial whatever was decided (fail closed), as the human is told here.
+    #[must_use = "an approval that is not in the audit log must not be carried out"]
+    pub fn decided(&self, h: &HoldInfo, v: Verdict, by: &str, waited: Duration) -> bool {
         if let Some(w) = self.webhook.get() {
             w.send(
                 "decision",
@@ -99,12 +134,17 @@ impl Reporter {
                        "waited_ms": waited.as_millis() as u64}),
             );
         }
-        self.record(
+        let recorded = self.record(
             "decision",
             json!({"id": h.id, "decision": verdict_str(v), "by": by,
                    "waited_ms": waited.as_millis() as u64, "op": h.kind, "target": h.target}),
         );
-        if !self.quiet {
+        let (v, by) = match recorded {
+            true => (v, by),
+            false => (Verdict::Deny, UNRECORDED),
+        };
+        // Said even when quiet: the human decided one thing and another happened.
+        if !self.quiet || !recorded {
             let _ = writeln!(
                 std::io::stderr().lock(),
                 "\r\nsandbox: {} {} ({}) after {:.1}s\r",
@@ -118,14 +158,20 @@ impl Reporter {
                 waited.as_secs_f64()
             );
         }
+        recorded
     }
 
-    /// A standing decision was applied to a new operation without a new hold.
-    pub fn applied(&self, h: &HoldInfo, v: Verdict, from_hold: &str) {
-        self.record(
+    /// A standing decision was applied to a new operation without a new hold. Returns the
+    /// verdict to carry out: an approval that cannot be written to the audit log is a denial.
+    #[must_use = "an approval that is not in the audit log must not be carried out"]
+    pub fn applied(&self, h: &HoldInfo, v: Verdict, from_hold: &str) -> Verdict {
+        match self.record(
             "applied",
             json!({"decision": verdict_str(v), "from": from_hold, "pid": h.pid, "op": h.kind,
                    "target": h.target}),
-        );
+        ) {
+            true => v,
+            false => Verdict::Deny,
+        }
     }
 }

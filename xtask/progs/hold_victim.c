@@ -10,6 +10,9 @@
  *        hold_victim threads DIR N
  *          Starts N threads (64 KiB stacks), each unlinking its own DIR/f<I>, waits for them all
  *          and prints "allowed A denied D failed F" (D: EPERM, F: any other error).
+ *        hold_victim each DIR N
+ *          As threads, but first prints one line "I ERRNO" per thread (0 when its unlink
+ *          succeeded), for checking that each hold was decided as it should have been.
  * Exit status 0 unless the program itself failed (bad usage, no threads).
  */
 #define _GNU_SOURCE
@@ -58,18 +61,29 @@ static int seq(long n) {
 	return 0;
 }
 
+static int *errnos; /* per thread, for `each` */
+
 static void *one(void *arg) {
 	char p[4096];
-	path_of(p, sizeof p, (long)(size_t)arg);
-	if (unlink(p) == 0)
+	long i = (long)(size_t)arg;
+	path_of(p, sizeof p, i);
+	int r = unlink(p);
+	int e = r == 0 ? 0 : errno;
+	if (errnos)
+		errnos[i] = e;
+	if (r == 0)
 		return (void *)0;
-	return (void *)(size_t)(errno == EPERM ? 1 : 2);
+	return (void *)(size_t)(e == EPERM ? 1 : 2);
 }
 
-static int threads(long n) {
+static int threads(long n, int each) {
 	pthread_t *t = calloc((size_t)n, sizeof *t);
 	pthread_attr_t a;
 	if (!t || pthread_attr_init(&a) || pthread_attr_setstacksize(&a, 64 * 1024)) {
+		fprintf(stderr, "hold_victim: out of memory\n");
+		return 1;
+	}
+	if (each && !(errnos = calloc((size_t)n, sizeof *errnos))) {
 		fprintf(stderr, "hold_victim: out of memory\n");
 		return 1;
 	}
@@ -87,6 +101,8 @@ static int threads(long n) {
 		pthread_join(t[i], &r);
 		count[(size_t)r]++;
 	}
+	for (long i = 0; each && i < started; i++)
+		printf("%ld %d\n", i, errnos[i]);
 	printf("allowed %ld denied %ld failed %ld\n", count[0], count[1], count[2]);
 	free(t);
 	return started == n ? 0 : 1;
@@ -94,7 +110,7 @@ static int threads(long n) {
 
 int main(int argc, char **argv) {
 	if (argc != 4) {
-		fprintf(stderr, "usage: hold_victim seq|threads DIR N\n");
+		fprintf(stderr, "usage: hold_victim seq|threads|each DIR N\n");
 		return 2;
 	}
 	dir = argv[2];
@@ -106,7 +122,9 @@ int main(int argc, char **argv) {
 	if (strcmp(argv[1], "seq") == 0)
 		return seq(n);
 	if (strcmp(argv[1], "threads") == 0)
-		return threads(n);
+		return threads(n, 0);
+	if (strcmp(argv[1], "each") == 0)
+		return threads(n, 1);
 	fprintf(stderr, "hold_victim: unknown mode %s\n", argv[1]);
 	return 2;
 }

@@ -255,18 +255,18 @@ pub fn run(opts: &Options) -> Result<()> {
 }
 
 /// The workspace root (parent of this crate's directory).
-fn workspace_root() -> Result<PathBuf> {
+pub(crate) fn workspace_root() -> Result<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     dir.parent()
         .map(Path::to_path_buf)
         .context("xtask has no parent directory")
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
-fn build_sandbox(root: &Path) -> Result<()> {
+pub(crate) fn build_sandbox(root: &Path) -> Result<()> {
     eprintln!("building sandbox (release)...");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
@@ -281,7 +281,7 @@ fn build_sandbox(root: &Path) -> Result<()> {
 }
 
 /// Compiles `progs/NAME.c` into `target/xtask/NAME`.
-fn compile(root: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn compile(root: &Path, name: &str) -> Result<PathBuf> {
     let src = root.join(format!("xtask/progs/{name}.c"));
     let dir = target_dir(root).join("xtask");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -3,9 +3,13 @@
 //! - `bench [--quick]`: times `sandbox run` against the same work run bare and under a minimal
 //!   seccomp user-notification supervisor (the floor), prints a markdown table and writes it to
 //!   `docs/BENCHMARKS.md`. Needs root.
+//! - `load [--rate 1000] [--seconds 60]`: holds decided by a script at that rate, none lost,
+//!   none misattributed. Needs root.
+//! - `vm-test`: guard-user test targets inside QEMU VMs (BPF LSM).
 
 mod bench;
 mod holdbench;
+mod load;
 mod machine;
 mod proxybench;
 mod report;
@@ -40,6 +44,9 @@ enum Task {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<OsString>,
     },
+    /// 1,000 holds per second decided by a script for a minute, none lost, none misattributed
+    /// (as root).
+    Load(load::Options),
     /// Run guard-user test targets inside QEMU VMs booting pinned Debian kernels (6.1, 6.12).
     VmTest(vm::VmTestArgs),
 }
@@ -49,6 +56,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Task::Bench(opts) => bench::run(&opts).map(|()| ExitCode::SUCCESS),
         Task::Timeit { cmd } => timeit(&cmd),
         Task::VmTest(args) => vm::run(args).map(|()| ExitCode::SUCCESS),
+        Task::Load(o) => load::run(&o).map(|()| ExitCode::SUCCESS),
     }
 }
 

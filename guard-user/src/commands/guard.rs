@@ -353,11 +353,21 @@ impl ExecGuard {
         };
         match self.holds.hold_or_apply(info.clone(), pending) {
             Admission::Decided(prior, p) => {
-                self.report.applied(&info, prior.verdict, &prior.from_hold);
-                self.carry_out(p, prior.verdict);
+                let v = self.report.applied(&info, prior.verdict, &prior.from_hold);
+                self.carry_out(p, v);
             }
             Admission::Held(info) => {
-                self.report.held(&info);
+                if !self.report.held(&info) {
+                    // Fail closed: a hold the audit log does not have is denied at once.
+                    let _ = crate::hold::Decider::decide(
+                        self,
+                        &info.id,
+                        Verdict::Deny,
+                        crate::hold::Scope::Once,
+                        None,
+                        crate::report::UNRECORDED,
+                    );
+                }
             }
         }
     }

@@ -751,11 +751,26 @@ impl Proxy {
         let (tx, rx) = oneshot::channel();
         match self.holds.hold_or_apply(info.clone(), tx) {
             Admission::Decided(prior, _) => {
-                self.report.applied(&info, prior.verdict, &prior.from_hold);
-                (prior.verdict, prior.from_hold)
+                let v = self.report.applied(&info, prior.verdict, &prior.from_hold);
+                (v, prior.from_hold)
             }
             Admission::Held(info) => {
-                self.report.held(&info);
+                if !self.report.held(&info) {
+                    // Fail closed: a hold the audit log does not have is denied at once.
+                    let decided =
+                        self.holds
+                            .decide(&info.id, Verdict::Deny, crate::hold::Scope::Once, None);
+                    for d in decided.unwrap_or_default() {
+                        // Denied whether or not this is recorded.
+                        let _ = self.report.decided(
+                            &d.info,
+                            d.verdict,
+                            crate::report::UNRECORDED,
+                            d.waited,
+                        );
+                    }
+                    return (Verdict::Deny, info.id);
+                }
                 // If the client goes away meanwhile (its connection closes and this future is
                 // dropped), the hold goes too: nobody is left to approve it for.
                 let mut gone = ClientGone {
