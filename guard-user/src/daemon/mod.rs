@@ -481,8 +481,13 @@ pub fn read_spec(fd: RawFd) -> Result<SessionSpec, String> {
 /// The calling thread reads and resolves files with a user's file-system credentials (fsuid,
 /// fsgid, groups; the file-system capabilities go with a non-zero fsuid) until dropped. Only
 /// this thread: raw system calls, not glibc's process-wide wrappers.
+///
+/// The kernel clears the parent-death signal whenever credentials change: it is armed again
+/// when dropped, and raised at once if the parent (the daemon) died meanwhile.
 pub struct UserFs {
     groups: Vec<libc::gid_t>,
+    pdeathsig: libc::c_int,
+    parent: libc::pid_t,
 }
 
 impl UserFs {
@@ -496,7 +501,17 @@ impl UserFs {
             return Err(std::io::Error::last_os_error());
         }
         saved.truncate(n as usize);
-        let guard = UserFs { groups: saved };
+        let mut pdeathsig: libc::c_int = 0;
+        // SAFETY: PR_GET_PDEATHSIG writes one int; getppid has no preconditions.
+        let parent = unsafe {
+            libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeathsig as *mut libc::c_int);
+            libc::getppid()
+        };
+        let guard = UserFs {
+            groups: saved,
+            pdeathsig,
+            parent,
+        };
         // SAFETY: raw per-thread credential calls.
         unsafe {
             if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
@@ -521,6 +536,12 @@ impl Drop for UserFs {
             libc::syscall(libc::SYS_setfsuid, 0);
             libc::syscall(libc::SYS_setfsgid, 0);
             libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
+            if self.pdeathsig != 0 {
+                libc::prctl(libc::PR_SET_PDEATHSIG, self.pdeathsig);
+                if libc::getppid() != self.parent {
+                    libc::kill(libc::getpid(), self.pdeathsig);
+                }
+            }
         }
     }
 }

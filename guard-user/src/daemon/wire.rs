@@ -95,7 +95,7 @@ pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
         _ => Err(format!("bad hex digit {:?}", c as char)),
     };
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err("odd hex length".into());
     }
     b.chunks(2).map(|p| Ok(v(p[0])? << 4 | v(p[1])?)).collect()
