@@ -596,3 +596,71 @@ fn fifty_concurrent_sessions_through_the_daemon_are_each_held_and_decided() {
     }
     eprintln!("{N} sessions held and decided in {:?}", t0.elapsed());
 }
+
+#[test]
+fn the_systemd_units_pass_systemd_analyze_verify() {
+    let have = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze is missing and CI is set (scripts/setup.sh installs systemd)"
+        );
+        eprintln!("SKIP: systemd-analyze is not installed (apt-get install systemd)");
+        return;
+    }
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&units).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        // The units name the installed binary; here the one under test stands in for it.
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("/usr/local/bin/sandbox", common::bin());
+        std::fs::write(dir.path().join(&name), text).unwrap();
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "sandbox-agent@.service",
+            "sandbox.service",
+            "sandbox.socket"
+        ],
+        "the units of dist/systemd"
+    );
+    // The template is verified as an instance.
+    std::fs::copy(
+        dir.path().join("sandbox-agent@.service"),
+        dir.path().join("sandbox-agent@job.service"),
+    )
+    .unwrap();
+    for unit in [
+        "sandbox.socket",
+        "sandbox.service",
+        "sandbox-agent@job.service",
+    ] {
+        let o = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.path().join(unit))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "systemd-analyze verify {unit}: {}",
+            text(&o)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.lines()
+                .any(|l| l.contains(unit) || l.contains("sandbox")),
+            "systemd-analyze verify {unit} warned: {err}"
+        );
+    }
+}

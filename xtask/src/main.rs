@@ -3,9 +3,11 @@
 //! - `bench [--quick]`: times `sandbox run` against the same work run bare and under a minimal
 //!   seccomp user-notification supervisor (the floor), prints a markdown table and writes it to
 //!   `docs/BENCHMARKS.md`. Needs root.
+//! - `install [--prefix P] [--destdir D] [--bin PATH]`: installs on a systemd host.
 
 mod bench;
 mod holdbench;
+mod install;
 mod machine;
 mod proxybench;
 mod report;
@@ -42,6 +44,9 @@ enum Task {
     },
     /// Run guard-user test targets inside QEMU VMs booting pinned Debian kernels (6.1, 6.12).
     VmTest(vm::VmTestArgs),
+    /// Install on a systemd host (as root): the binary, the units of dist/systemd, profiles to
+    /// /etc/sandbox/profiles, the groups sandbox and sandbox-approvers.
+    Install(install::InstallArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -49,6 +54,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Task::Bench(opts) => bench::run(&opts).map(|()| ExitCode::SUCCESS),
         Task::Timeit { cmd } => timeit(&cmd),
         Task::VmTest(args) => vm::run(args).map(|()| ExitCode::SUCCESS),
+        Task::Install(args) => install::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
