@@ -664,3 +664,47 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
         );
     }
 }
+
+#[test]
+fn a_client_killed_during_a_hold_ends_its_session() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let _d = Daemon::start(&w);
+    let (dir, f) = precious(&w, "prod-c");
+    let s = name("client");
+    let mut c = run_as_member(
+        &w,
+        &s,
+        Some(&dir),
+        &[],
+        &format!("rm {}; echo after", f.display()),
+    );
+    let h = w.wait_hold(&s, T);
+    let held_pid = h["pid"].as_u64().unwrap();
+    let cg = PathBuf::from(w.log(&s)[0]["cgroup"].as_str().unwrap());
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{held_pid}")).exists() || cg.exists() {
+        assert!(t0.elapsed() < T, "the session outlived its client");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "precious");
+    // The end record comes last, after the cgroup is gone.
+    while !w.log(&s).iter().any(|l| l["kind"] == "session_end") {
+        assert!(t0.elapsed() < T, "no session_end: {:?}", w.log(&s));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = w.log(&s);
+    assert!(
+        log.iter().any(|l| l["kind"] == "session_ending"
+            && l["reason"].as_str().unwrap_or("").contains("client")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l["kind"] == "decision" && l["decision"] == "deny"),
+        "{log:?}"
+    );
+}

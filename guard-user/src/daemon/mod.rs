@@ -231,8 +231,8 @@ fn send(mut stream: &UnixStream, msg: &DaemonMsg) {
 /// One client: checks it, starts its session, relays its signals, reports the exit status.
 fn serve_client(stream: UnixStream, ctx: &Ctx) {
     match start(&stream, ctx) {
-        Ok(child) => {
-            let code = supervise(&stream, child);
+        Ok((child, rest)) => {
+            let code = supervise(&stream, child, rest);
             send(&stream, &DaemonMsg::Exit(code));
         }
         Err(e) => {
@@ -242,8 +242,9 @@ fn serve_client(stream: UnixStream, ctx: &Ctx) {
     }
 }
 
-/// Receives the client's fds (stdin, stdout, stderr, cwd) and its request.
-fn receive(stream: &UnixStream) -> Result<(Vec<OwnedFd>, Request), String> {
+/// Receives the client's fds (stdin, stdout, stderr, cwd) and its request; also returns what
+/// the client sent after the request line (signals to relay).
+fn receive(stream: &UnixStream) -> Result<(Vec<OwnedFd>, Request, Vec<u8>), String> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut b = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut b)];
@@ -269,13 +270,14 @@ fn receive(stream: &UnixStream) -> Result<(Vec<OwnedFd>, Request), String> {
         ));
     }
     let mut line = String::new();
-    BufReader::new(stream)
-        .take(wire::MAX_REQUEST)
+    let mut reader = BufReader::new(stream.take(wire::MAX_REQUEST));
+    reader
         .read_line(&mut line)
         .map_err(|e| format!("read the request: {e}"))?;
+    let rest = reader.buffer().to_vec();
     let req: Request = serde_json::from_str(&line).map_err(|e| format!("bad request: {e}"))?;
     let _ = stream.set_read_timeout(None);
-    Ok((fds, req))
+    Ok((fds, req, rest))
 }
 
 /// `sandbox run`'s options alone, to check a request the way the session will read it.
@@ -287,7 +289,7 @@ struct RunOnly {
 }
 
 /// Checks the peer and the request, then starts the session process.
-fn start(stream: &UnixStream, ctx: &Ctx) -> Result<std::process::Child, String> {
+fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>), String> {
     let peer = Peer::of(stream).map_err(|e| format!("cannot identify the peer: {e}"))?;
     if !peer.outside_sessions() {
         return Err("a process inside a sandbox session may not start sessions".into());
@@ -300,7 +302,7 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<std::process::Child, String> 
             peer::USERS_GROUP
         ));
     }
-    let (mut fds, req) = receive(stream)?;
+    let (mut fds, req, rest) = receive(stream)?;
     let argv = req
         .argv
         .iter()
@@ -394,18 +396,19 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<std::process::Child, String> 
     let _ = w.write_all(&spec);
     drop(w);
     tracing::info!(uid = peer.uid, pid = child.id(), "session started");
-    Ok(child)
+    Ok((child, rest))
 }
 
 /// Relays the client's signals to the session process until it exits; ends the session when the
 /// client goes away. Returns the exit status for the client.
-fn supervise(stream: &UnixStream, mut child: std::process::Child) -> u8 {
+fn supervise(stream: &UnixStream, mut child: std::process::Child, early: Vec<u8>) -> u8 {
     let pid = child.id() as libc::pid_t;
     // SAFETY: pidfd_open of our own unreaped child.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     let _ = stream.set_nonblocking(true);
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf: Vec<u8> = early;
     let mut client_gone = false;
+    let mut first = true;
     loop {
         let mut pfds = [
             libc::pollfd {
@@ -420,8 +423,15 @@ fn supervise(stream: &UnixStream, mut child: std::process::Child) -> u8 {
             },
         ];
         // SAFETY: valid pollfds; without a pidfd (never on supported kernels) poll by time.
-        unsafe { libc::poll(pfds.as_mut_ptr(), 2, if pidfd < 0 { 50 } else { -1 }) };
-        if pfds[1].revents != 0 {
+        unsafe {
+            libc::poll(
+                pfds.as_mut_ptr(),
+                2,
+                if pidfd < 0 || first { 50 } else { -1 },
+            )
+        };
+        // Signals sent together with the request are relayed at once.
+        if pfds[1].revents != 0 || std::mem::take(&mut first) {
             let mut chunk = [0u8; 512];
             match (&*stream).read(&mut chunk) {
                 Ok(0) => client_gone = true,
