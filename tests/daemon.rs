@@ -704,7 +704,67 @@ fn a_client_killed_during_a_hold_ends_its_session() {
         "{log:?}"
     );
     assert!(
-        log.iter().any(|l| l["kind"] == "decision" && l["decision"] == "deny"),
+        log.iter()
+            .any(|l| l["kind"] == "decision" && l["decision"] == "deny"),
         "{log:?}"
     );
+}
+
+#[test]
+fn sessions_through_the_daemon_take_a_preloaded_exec_observer_that_still_holds_commands() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let _d = Daemon::start(&w);
+    // The daemon loads its spare in the background: wait until a session gets one.
+    let t0 = Instant::now();
+    let mut i = 0;
+    loop {
+        let s = name(&format!("pre{i}"));
+        let o = finish(run_as_member(&w, &s, None, &[], "true"), T);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        if w.log(&s)[0]["exec_observer_preloaded"] == true {
+            break;
+        }
+        assert!(t0.elapsed() < T, "no session got a preloaded exec observer");
+        i += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Wait for the next spare, then a command hold through it: exec events and the stop at
+    // exec work with the observer the daemon loaded.
+    let prog = w.file("guard-held-prog", "#!/bin/sh\necho ran\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let prof = w.file("held.toml", "[commands]\nhold = [\"guard-held-prog\"]\n");
+    let t0 = Instant::now();
+    let mut i = 0;
+    loop {
+        let s = name(&format!("prehold{i}"));
+        let c = run_as_member(
+            &w,
+            &s,
+            None,
+            &["--profile", &prof.display().to_string()],
+            &format!("{}; echo status=$?", prog.display()),
+        );
+        let h = w.wait_hold(&s, T);
+        assert_eq!(h["kind"], "exec", "{h}");
+        w.decide("deny", h["id"].as_str().unwrap(), &[]);
+        let o = finish(c, T);
+        let so = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(!so.contains("ran"), "{}", text(&o));
+        assert!(so.contains("status=137"), "{}", text(&o));
+        let log = w.log(&s);
+        assert!(log.iter().any(|l| l["kind"] == "exec"), "{log:?}");
+        if log[0]["exec_observer_preloaded"] == true {
+            break;
+        }
+        assert!(
+            t0.elapsed() < T,
+            "no held session got a preloaded exec observer"
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

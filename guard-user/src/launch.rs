@@ -469,6 +469,14 @@ impl KernelBtf {
         }
     }
 
+    /// Parsed on first use, on the calling thread.
+    fn lazy() -> Self {
+        KernelBtf {
+            job: None,
+            btf: None,
+        }
+    }
+
     /// The parsed BTF (waits for the thread the first time).
     fn get_exec(&mut self) -> Result<&aya::Btf, crate::exec::ExecError> {
         let btf = match self.btf.take() {
@@ -492,14 +500,22 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(RunError::NotRoot);
     }
-    // The kernel's type information, parsed once for every program this run loads, on a thread
-    // of its own meanwhile (joined before the fork).
-    let mut btf = KernelBtf::start();
     // Started by `sandbox daemon` for an unprivileged user: who asked, and the command's
-    // environment.
+    // environment (and, usually, the exec observer, loaded ahead of time).
     let spec = match args.daemon_session {
         Some(fd) => Some(crate::daemon::read_spec(fd).map_err(RunError::Usage)?),
         None => None,
+    };
+    let mut preloaded = match &spec {
+        Some(sp) if sp.preloaded => Some(crate::daemon::take_preloaded()),
+        _ => None,
+    };
+    // The kernel's type information, parsed once for every program this run loads, on a thread
+    // of its own meanwhile (joined before the fork). With a preloaded observer it is parsed only
+    // if a program still needs it (the LSM backend, the connect guard).
+    let mut btf = match preloaded {
+        Some(_) => KernelBtf::lazy(),
+        None => KernelBtf::start(),
     };
     let mut ident = identity(args.user.as_deref())?;
     if let Some(sp) = &spec {
@@ -672,8 +688,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let cg = SessionCgroup::create(&session)?;
     let cg_guard = CgroupGuard(&cg);
 
-    let mut observer = crate::exec::ExecObserver::load_then(|| btf.get_exec())?;
-    let btf = btf.get()?;
+    let observer_preloaded = preloaded.is_some();
+    let mut observer = match preloaded.take() {
+        Some(p) => crate::exec::ExecObserver::from_preloaded(p)?,
+        None => crate::exec::ExecObserver::load_then(|| btf.get_exec())?,
+    };
     observer.watch_cgroup(cg.id()?)?;
     // `[commands] hold`: programs of these names stop at exec for a check (commands::guard).
     observer.hold_names(rules.names())?;
@@ -684,8 +703,13 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         None
     } else {
         Some(
-            crate::netguard::ConnectGuard::load(btf, cg.path(), &connect_held, std::process::id())
-                .map_err(|e| RunError::Usage(format!("hold_connect backstop: {e}")))?,
+            crate::netguard::ConnectGuard::load(
+                btf.get()?,
+                cg.path(),
+                &connect_held,
+                std::process::id(),
+            )
+            .map_err(|e| RunError::Usage(format!("hold_connect backstop: {e}")))?,
         )
     };
 
@@ -790,7 +814,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                            "hold_connect_at_connect": connect_held.iter().map(|e| e.to_string()).collect::<Vec<_>>()},
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
                "supervisor_pid": std::process::id(), "cgroup": cg.path(),
-               "via_daemon": spec.is_some(), "self_approve": access.self_approve, "approvers_gid": approvers_gid}),
+               "via_daemon": spec.is_some(), "self_approve": access.self_approve, "approvers_gid": approvers_gid,
+               "exec_observer_preloaded": observer_preloaded}),
     );
     if !args.quiet {
         let pats = profile.files.protect_patterns.patterns().len();
@@ -846,7 +871,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             prot.clone(),
             report.clone(),
             cg.id()?,
-            btf,
+            btf.get()?,
             &connect_held,
         )?))
     } else {

@@ -97,6 +97,66 @@ pub fn client_gone_signal() -> libc::c_int {
 /// Sessions served at once; more are refused (the host has its limits).
 const MAX_SESSIONS: usize = 512;
 
+/// One exec observer loaded ahead of time, taken by the next session (which then does not pay
+/// for loading eBPF: about 50 ms); a background thread loads the next one.
+#[derive(Default)]
+struct Spare {
+    slot: std::sync::Mutex<Option<crate::exec::Preloaded>>,
+    wake: std::sync::Condvar,
+}
+
+impl Spare {
+    /// Takes the spare, if one is ready, and asks for the next.
+    fn take(&self) -> Option<crate::exec::Preloaded> {
+        let mut g = self
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let p = g.take();
+        self.wake.notify_all();
+        p
+    }
+
+    /// Keeps one spare loaded, forever. A load that fails is retried after a pause (sessions
+    /// load their own meanwhile).
+    fn fill(&self) {
+        let mut btf: Option<aya::Btf> = None;
+        loop {
+            {
+                let mut g = self
+                    .slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                while g.is_some() {
+                    g = self
+                        .wake
+                        .wait(g)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+            if btf.is_none() {
+                btf = aya::Btf::from_sys_fs()
+                    .map_err(|e| tracing::warn!(error = %e, "kernel BTF"))
+                    .ok();
+            }
+            let loaded = btf.as_ref().map(crate::exec::ExecObserver::preload);
+            match loaded {
+                Some(Ok(p)) => {
+                    *self
+                        .slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(p);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "preloading the exec observer failed");
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+                None => std::thread::sleep(Duration::from_secs(5)),
+            }
+        }
+    }
+}
+
 /// Runs `sandbox daemon` until killed.
 pub fn cmd_daemon(args: &DaemonArgs) -> Result<u8, DaemonError> {
     if !nix::unistd::geteuid().is_root() {
@@ -137,6 +197,14 @@ pub fn cmd_daemon(args: &DaemonArgs) -> Result<u8, DaemonError> {
         exe.display()
     );
     let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let spare = std::sync::Arc::new(Spare::default());
+    {
+        let s = spare.clone();
+        std::thread::Builder::new()
+            .name("preload".into())
+            .spawn(move || s.fill())
+            .map_err(sys("spawn the preload thread"))?;
+    }
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -159,6 +227,7 @@ pub fn cmd_daemon(args: &DaemonArgs) -> Result<u8, DaemonError> {
             users_gid,
             approvers_gid,
             exe,
+            spare: spare.clone(),
         };
         // This thread lives as long as the session: it is the parent-death anchor of the
         // session process (PR_SET_PDEATHSIG fires when the creating thread exits).
@@ -219,6 +288,7 @@ struct Ctx {
     users_gid: u32,
     approvers_gid: Option<u32>,
     exe: PathBuf,
+    spare: std::sync::Arc<Spare>,
 }
 
 fn send(mut stream: &UnixStream, msg: &DaemonMsg) {
@@ -324,16 +394,27 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>
     if parsed.run.daemon_session.is_some() {
         return Err("--daemon-session is internal".into());
     }
+    // Taken only now that the request is good; the fds go to the session, above 100 first so
+    // that moving them to their numbers in the child cannot overwrite one another.
+    let preloaded = ctx.spare.take();
+    let mut passed: Vec<OwnedFd> = Vec::new();
+    if let Some(p) = preloaded {
+        for fd in std::iter::once(p.link).chain(p.maps) {
+            passed.push(high_fd(&fd).map_err(|e| format!("dup: {e}"))?);
+        }
+    }
     let spec = SessionSpec {
         uid: peer.uid,
         gid: peer.gid,
         groups: peer.groups.clone(),
         env: req.env,
         approvers_gid: ctx.approvers_gid,
+        preloaded: !passed.is_empty(),
     };
     let spec = serde_json::to_vec(&spec).map_err(|e| format!("internal error: {e}"))?;
     let (spec_r, spec_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))?;
+    let spec_r = high_fd(&spec_r).map_err(|e| format!("dup: {e}"))?;
     let cwd = fds.pop().ok_or("no working directory")?;
     let stderr = fds.pop().ok_or("no stderr")?;
     let stdout = fds.pop().ok_or("no stdout")?;
@@ -366,6 +447,7 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>
     }
     let parent = std::process::id() as libc::pid_t;
     let (spec_fd, cwd_fd) = (spec_r.as_raw_fd(), cwd.as_raw_fd());
+    let passed_raw: Vec<RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
     let gone = daemon_gone_signal();
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
@@ -376,10 +458,14 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>
             if libc::fchdir(cwd_fd) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if spec_fd == wire::SPEC_FD {
-                libc::fcntl(spec_fd, libc::F_SETFD, 0);
-            } else if libc::dup2(spec_fd, wire::SPEC_FD) < 0 {
+            // Every source fd is at 100 or above: no dup2 below overwrites another source.
+            if libc::dup2(spec_fd, wire::SPEC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for (i, &fd) in passed_raw.iter().enumerate() {
+                if libc::dup2(fd, wire::PRELOADED_FD + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             libc::setsid();
             Ok(())
@@ -391,6 +477,7 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>
     drop(cmd);
     drop(spec_r);
     drop(cwd);
+    drop(passed);
     let mut w = std::fs::File::from(spec_w);
     // The session reads it before anything else; a failure shows as its own set-up error.
     let _ = w.write_all(&spec);
@@ -468,6 +555,33 @@ fn supervise(stream: &UnixStream, mut child: std::process::Child, early: Vec<u8>
                 _ => 125,
             };
         }
+    }
+}
+
+/// A close-on-exec duplicate of `fd` at 100 or above.
+fn high_fd(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd of ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Takes the preloaded exec observer the daemon passed (fds [`wire::PRELOADED_FD`]..).
+pub fn take_preloaded() -> crate::exec::Preloaded {
+    let fd = |i: usize| {
+        let n = wire::PRELOADED_FD + i as RawFd;
+        // SAFETY: fcntl on the fds the daemon passed; they are ours from here on.
+        unsafe {
+            libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC);
+            OwnedFd::from_raw_fd(n)
+        }
+    };
+    crate::exec::Preloaded {
+        link: fd(0),
+        maps: (1..=crate::exec::PRELOADED_MAPS.len()).map(fd).collect(),
     }
 }
 

@@ -70,7 +70,14 @@ pub struct SessionSpec {
     pub env: Vec<(String, String)>,
     /// The approvers group (may decide every hold of the session).
     pub approvers_gid: Option<u32>,
+    /// An exec observer loaded ahead of time is on fds [`PRELOADED_FD`].. (its link, then its
+    /// maps: `exec::PRELOADED_MAPS`).
+    #[serde(default)]
+    pub preloaded: bool,
 }
+
+/// The first fd of a preloaded exec observer in the session process.
+pub const PRELOADED_FD: i32 = 4;
 
 /// The fd number the session process reads its [`SessionSpec`] from.
 pub const SPEC_FD: i32 = 3;
