@@ -776,8 +776,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             let user_fs = as_user()?;
             let catalogue =
                 crate::proxy::load_catalogues(&net.hold, &rule_dirs(&profile, &ident.home))?;
-            drop(user_fs);
-            Some(Arc::new(crate::proxy::Proxy::new(
+            // The upstream CAs the profile names are read as the user too.
+            let p = crate::proxy::Proxy::new(
                 crate::proxy::Config {
                     session: session.clone(),
                     allow: allow.clone(),
@@ -790,7 +790,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                     cgroup: cg.path().to_path_buf(),
                 },
                 report.clone(),
-            )?))
+            )?;
+            drop(user_fs);
+            Some(Arc::new(p))
         }
         NetMode::None | NetMode::Host => None,
     };

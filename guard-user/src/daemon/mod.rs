@@ -43,6 +43,9 @@ pub struct DaemonArgs {
     /// Members of this group (a name or a numeric gid) may decide every session's holds.
     #[arg(long = "approvers-group", value_name = "NAME|GID", default_value = peer::APPROVERS_GROUP)]
     pub approvers_group: String,
+    /// Sessions load their own eBPF programs (no spare loaded ahead of time): for measuring.
+    #[arg(long, hide = true)]
+    pub no_preload: bool,
 }
 
 /// Why the daemon could not start.
@@ -97,27 +100,31 @@ pub fn client_gone_signal() -> libc::c_int {
 /// Sessions served at once; more are refused (the host has its limits).
 const MAX_SESSIONS: usize = 512;
 
-/// One exec observer loaded ahead of time, taken by the next session (which then does not pay
-/// for loading eBPF: about 50 ms); a background thread loads the next one.
+/// Exec observers loaded ahead of time, each taken by the next session (which then does not pay
+/// for loading eBPF: about 50 ms); a background thread keeps [`SPARES`] of them loaded.
 #[derive(Default)]
 struct Spare {
-    slot: std::sync::Mutex<Option<crate::exec::Preloaded>>,
+    slot: std::sync::Mutex<Vec<crate::exec::Preloaded>>,
     wake: std::sync::Condvar,
 }
 
+/// How many exec observers the daemon keeps loaded for sessions to come (a burst of starts
+/// takes them all; the rest load their own while the thread catches up).
+const SPARES: usize = 2;
+
 impl Spare {
-    /// Takes the spare, if one is ready, and asks for the next.
+    /// Takes a spare, if one is ready, and asks for the next.
     fn take(&self) -> Option<crate::exec::Preloaded> {
         let mut g = self
             .slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let p = g.take();
+        let p = g.pop();
         self.wake.notify_all();
         p
     }
 
-    /// Keeps one spare loaded, forever. A load that fails is retried after a pause (sessions
+    /// Keeps [`SPARES`] loaded, forever. A load that fails is retried after a pause (sessions
     /// load their own meanwhile).
     fn fill(&self) {
         let mut btf: Option<aya::Btf> = None;
@@ -127,7 +134,7 @@ impl Spare {
                     .slot
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                while g.is_some() {
+                while g.len() >= SPARES {
                     g = self
                         .wake
                         .wait(g)
@@ -139,14 +146,12 @@ impl Spare {
                     .map_err(|e| tracing::warn!(error = %e, "kernel BTF"))
                     .ok();
             }
-            let loaded = btf.as_ref().map(crate::exec::ExecObserver::preload);
-            match loaded {
-                Some(Ok(p)) => {
-                    *self
-                        .slot
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(p);
-                }
+            match btf.as_ref().map(crate::exec::ExecObserver::preload) {
+                Some(Ok(p)) => self
+                    .slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(p),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "preloading the exec observer failed");
                     std::thread::sleep(Duration::from_secs(5));
@@ -198,7 +203,7 @@ pub fn cmd_daemon(args: &DaemonArgs) -> Result<u8, DaemonError> {
     );
     let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let spare = std::sync::Arc::new(Spare::default());
-    {
+    if !args.no_preload {
         let s = spare.clone();
         std::thread::Builder::new()
             .name("preload".into())
