@@ -125,9 +125,16 @@ impl Spare {
     }
 
     /// Keeps [`SPARES`] loaded, forever. A load that fails is retried after a pause (sessions
-    /// load their own meanwhile).
-    fn fill(&self) {
-        let mut btf: Option<aya::Btf> = None;
+    /// load their own meanwhile). First it runs the BPF LSM probe that `--backend auto` caches
+    /// in the state directory, so that no session pays for it either.
+    fn fill(&self, state: &Path) {
+        let mut btf: Option<aya::Btf> = aya::Btf::from_sys_fs()
+            .map_err(|e| tracing::warn!(error = %e, "kernel BTF"))
+            .ok();
+        if let Some(b) = &btf {
+            let probe = crate::files::lsm::probe_cached(state, || Ok(b));
+            tracing::info!(lsm = ?probe, "BPF LSM probe");
+        }
         loop {
             {
                 let mut g = self
@@ -204,10 +211,10 @@ pub fn cmd_daemon(args: &DaemonArgs) -> Result<u8, DaemonError> {
     let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let spare = std::sync::Arc::new(Spare::default());
     if !args.no_preload {
-        let s = spare.clone();
+        let (s, st) = (spare.clone(), state.clone());
         std::thread::Builder::new()
             .name("preload".into())
-            .spawn(move || s.fill())
+            .spawn(move || s.fill(&st))
             .map_err(sys("spawn the preload thread"))?;
     }
     for conn in listener.incoming() {
