@@ -15,7 +15,7 @@ use super::wire::{self, ClientMsg, DaemonMsg, Request};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon listens.
-    #[error("sandbox run needs root, or the sandbox daemon: none listens at {path} ({source}); run it as root (sudo sandbox run ...), or start the daemon (systemctl start sandbox.service, as root)")]
+    #[error("sandbox run needs root or the sandbox daemon: run it as root (sudo sandbox run ...), or start the daemon (systemctl start sandbox.service, as root); no daemon listens at {path}")]
     NoDaemon {
         /// The daemon's socket.
         path: std::path::PathBuf,

@@ -65,7 +65,7 @@ pub enum DaemonError {
         why: String,
     },
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Sys {
         /// What was being done.
         what: String,
