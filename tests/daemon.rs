@@ -768,3 +768,43 @@ fn sessions_through_the_daemon_take_a_preloaded_exec_observer_that_still_holds_c
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_process_inside_a_session_cannot_start_sessions_through_the_daemon() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let _d = Daemon::start(&w);
+    let s = name("outer");
+    let mut outer = run_as_member(&w, &s, None, &[], "sleep 60");
+    let t0 = Instant::now();
+    let cg = loop {
+        if let Some(c) = std::fs::read_to_string(w.logs.join(format!("{s}.jsonl")))
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_string))
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .and_then(|v| v["cgroup"].as_str().map(str::to_string))
+        {
+            break c;
+        }
+        assert!(t0.elapsed() < T, "the outer session did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A member's process moved into the session's cgroup (as if it ran inside) asks the daemon.
+    let bin = client_bin(&w);
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {cg}/cgroup.procs && exec setpriv --reuid {UID} --regid {UID} --groups {MEMBERS} {} run -- true",
+            bin.display()
+        ))
+        .env("SANDBOX_STATE_DIR", &w.state)
+        .current_dir(&w.work)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(out(&o).contains("inside a sandbox session"), "{}", text(&o));
+    let _ = outer.kill();
+    let _ = outer.wait();
+}
