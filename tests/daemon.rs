@@ -211,7 +211,7 @@ fn the_command_gets_the_clients_stdio_cwd_environment_and_exit_status() {
             "--",
             "sh",
             "-c",
-            "id -u; pwd; echo \"v=$MY_VAR\"; read line; echo \"read $line\"; echo oops >&2; exit 7",
+            "id -u; echo \"groups=$(id -G)\"; pwd; echo \"v=$MY_VAR\"; read line; echo \"read $line\"; echo oops >&2; exit 7",
         ],
     );
     let mut child = c
@@ -229,6 +229,8 @@ fn the_command_gets_the_clients_stdio_cwd_environment_and_exit_status() {
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
     let so = String::from_utf8_lossy(&o.stdout);
     assert!(so.contains(&format!("{UID}\n")), "{}", text(&o));
+    // The member group is the human's, not the command's.
+    assert!(!so.contains(&MEMBERS.to_string()), "{}", text(&o));
     assert!(so.contains(&w.work.display().to_string()), "{}", text(&o));
     assert!(so.contains("v=from the client"), "{}", text(&o));
     assert!(so.contains("read hello"), "{}", text(&o));

@@ -418,7 +418,14 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>
     let spec = SessionSpec {
         uid: peer.uid,
         gid: peer.gid,
-        groups: peer.groups.clone(),
+        // The session's processes do not keep the daemon's groups: being allowed to start
+        // sessions or to approve is the human's, not the agent's.
+        groups: peer
+            .groups
+            .iter()
+            .copied()
+            .filter(|&g| g != ctx.users_gid && Some(g) != ctx.approvers_gid)
+            .collect(),
         env: req.env,
         approvers_gid: ctx.approvers_gid,
         preloaded: !passed.is_empty(),
