@@ -73,8 +73,15 @@ impl Drop for Daemon {
 fn client_bin(w: &World) -> PathBuf {
     let p = w.tmp.path().join("sandbox");
     if !p.exists() {
+        // Copied by cp, not here: a write fd of ours could leak into a child another test
+        // thread forks meanwhile and make exec of the copy fail with ETXTBSY.
         let tmp = w.tmp.path().join("sandbox.tmp");
-        std::fs::copy(common::bin(), &tmp).expect("copy the binary");
+        let st = Command::new("cp")
+            .arg(common::bin())
+            .arg(&tmp)
+            .status()
+            .expect("cp");
+        assert!(st.success(), "copy the binary");
         std::fs::rename(&tmp, &p).expect("rename the binary");
     }
     p

@@ -82,7 +82,7 @@ pub fn run(argv: &[OsString], user_given: bool) -> Result<u8, ClientError> {
         MsgFlags::empty(),
         None,
     )
-    .map_err(|e| ClientError::Io(format!("hand over stdio: {e}")))?;
+    .map_err(|e| refusal(&stream).unwrap_or(ClientError::Io(format!("hand over stdio: {e}"))))?;
     drop(cwd);
     let req = Request {
         argv: argv.iter().map(|a| wire::hex_os(a)).collect(),
@@ -92,10 +92,22 @@ pub fn run(argv: &[OsString], user_given: bool) -> Result<u8, ClientError> {
     };
     let mut line = serde_json::to_string(&req).map_err(|e| ClientError::Io(e.to_string()))?;
     line.push('\n');
-    (&stream)
-        .write_all(line.as_bytes())
-        .map_err(io("send the request"))?;
+    (&stream).write_all(line.as_bytes()).map_err(|e| {
+        refusal(&stream).unwrap_or(ClientError::Io(format!("send the request: {e}")))
+    })?;
     relay(&stream, &sfd)
+}
+
+/// The daemon's refusal, if it sent one before closing the connection (a send then fails).
+fn refusal(stream: &UnixStream) -> Option<ClientError> {
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut text = Vec::new();
+    let _ = stream.take(64 * 1024).read_to_end(&mut text);
+    text.split(|&b| b == b'\n')
+        .find_map(|l| match serde_json::from_slice::<DaemonMsg>(l) {
+            Ok(DaemonMsg::Error(e)) => Some(ClientError::Refused(e)),
+            _ => None,
+        })
 }
 
 /// Blocks the relayed signals and returns a signalfd for them.

@@ -372,6 +372,8 @@ struct RunOnly {
 
 /// Checks the peer and the request, then starts the session process.
 fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>), String> {
+    // The request is read first, so that a refused client gets the answer, not a broken pipe.
+    let received = receive(stream);
     let peer = Peer::of(stream).map_err(|e| format!("cannot identify the peer: {e}"))?;
     if !peer.outside_sessions() {
         return Err("a process inside a sandbox session may not start sessions".into());
@@ -384,7 +386,7 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>
             peer::USERS_GROUP
         ));
     }
-    let (mut fds, req, rest) = receive(stream)?;
+    let (mut fds, req, rest) = received?;
     let argv = req
         .argv
         .iter()
