@@ -12,7 +12,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(libseccomp-dev liburing-dev clang-19 gcc make pkg-config python3 procps coreutils util-linux git nodejs busybox-static binutils openssl curl ca-certificates postgresql sqlite3
-  tmux chromium chromium-driver)
+  tmux chromium chromium-driver systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

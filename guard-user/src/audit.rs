@@ -209,6 +209,17 @@ fn validate_session(name: &str) -> Result<(), AuditError> {
     }
 }
 
+/// An existing log opened to append to ([`AuditLog::reopen`]).
+#[derive(Debug)]
+pub struct Reopened {
+    /// The log, continuing its chain.
+    pub log: AuditLog,
+    /// Its first complete line (normally `session_start`).
+    pub first: Option<Value>,
+    /// Its last complete line.
+    pub last: Option<Value>,
+}
+
 /// Append-only, hash-chained audit log of one session. Shareable between threads (`&self`).
 #[derive(Debug)]
 pub struct AuditLog {
@@ -280,6 +291,57 @@ impl AuditLog {
                 prev: GENESIS_PREV.to_owned(),
                 broken: false,
             }),
+        })
+    }
+
+    /// Opens the existing log of `session` in `dir` to append to it, continuing its chain after
+    /// its last complete line. For a log whose writer is gone (`sandbox daemon` records the end of
+    /// sessions that died without one); never for a live session's log.
+    /// Also returns the first and the last complete line (parsed).
+    pub fn reopen(dir: &Path, session: &str) -> Result<Reopened, AuditError> {
+        let path = log_path(dir, session)?;
+        let read_err = |source| AuditError::Read {
+            path: path.clone(),
+            source,
+        };
+        let text = std::fs::read(&path).map_err(read_err)?;
+        // The last complete line (a partial one, from a crash mid-write, is left as it is and
+        // makes `--verify` report it).
+        let complete = match text.iter().rposition(|&b| b == b'\n') {
+            Some(i) => &text[..i],
+            None => &text[..0],
+        };
+        let last = complete.rsplit(|&b| b == b'\n').next().unwrap_or(&[]);
+        let (next_seq, prev, last_v) = if last.is_empty() {
+            (0, GENESIS_PREV.to_owned(), None)
+        } else {
+            let v: Value = serde_json::from_slice(last).map_err(AuditError::Serialize)?;
+            let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            (seq + 1, sha256_hex(last), Some(v))
+        };
+        let first = complete
+            .split(|&b| b == b'\n')
+            .next()
+            .and_then(|l| serde_json::from_slice::<Value>(l).ok());
+        let file = OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(read_err)?;
+        let session_json = serde_json::to_string(session).map_err(AuditError::Serialize)?;
+        Ok(Reopened {
+            log: Self {
+                path,
+                session_json,
+                state: Mutex::new(State {
+                    file,
+                    next_seq,
+                    prev,
+                    broken: false,
+                }),
+            },
+            first,
+            last: last_v,
         })
     }
 

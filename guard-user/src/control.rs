@@ -1,9 +1,12 @@
 //! The per-session control socket and the commands that talk to it (`pending`, `approve`,
 //! `deny`, `sessions`).
 //!
-//! One JSON request and one JSON answer per connection. Only root outside every sandbox may
-//! connect: the peer is checked with SO_PEERCRED and its cgroup, so a process inside a session
-//! can never list or decide holds, even as root (and it cannot reach the socket's directory).
+//! One JSON request and one JSON answer per connection. Root and members of the approvers group
+//! (`sandbox-approvers`) may list and decide; the session's own user may list, and decide only
+//! when the profile allows self-approval. The peer is checked with SO_PEERCRED, SO_PEERGROUPS
+//! and its cgroup, so a process inside a session can never list or decide holds, even as root
+//! (and it cannot reach the socket's directory). The socket file is owned by the session's user
+//! and the approvers group, mode 0660.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -172,6 +175,12 @@ pub struct SessionInfo {
     pub pending: usize,
     /// The audit log file.
     pub log: PathBuf,
+    /// The profile it runs under, as given (`None`: no profile).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Started through `sandbox daemon` (by an unprivileged user) rather than by root.
+    #[serde(default)]
+    pub via_daemon: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -187,6 +196,9 @@ struct Answer {
     info: Option<SessionInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     decided: Option<Vec<String>>,
+    /// The peer may not use this socket (another user's session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    denied: Option<bool>,
 }
 
 impl Answer {
@@ -198,6 +210,7 @@ impl Answer {
             pending: None,
             info: None,
             decided: None,
+            denied: None,
         }
     }
     fn ok() -> Self {
@@ -208,6 +221,7 @@ impl Answer {
             pending: None,
             info: None,
             decided: None,
+            denied: None,
         }
     }
 }
@@ -217,35 +231,42 @@ pub fn socket_path(dir: &Path, session: &str) -> PathBuf {
     dir.join(format!("{session}.sock"))
 }
 
-/// Who may talk to a session: root, outside every sandbox.
-fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    use std::os::fd::AsRawFd;
-    // SAFETY: cred and len are valid for SO_PEERCRED.
-    let r = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 || cred.pid <= 0 {
-        return Err("cannot identify the peer".into());
-    }
-    if cred.uid != 0 {
-        return Err("only root may decide holds".into());
-    }
-    if crate::cgroup::in_session(cred.pid as u32) {
+/// Who may use a session's control socket besides root.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Access {
+    /// The session's own user: may list its holds (`pending`, `info`), and decide them only with
+    /// `self_approve`.
+    pub owner_uid: Option<u32>,
+    /// Members of this group may list and decide (`sandbox-approvers`).
+    pub approvers_gid: Option<u32>,
+    /// The profile's `decisions.self_approve`.
+    pub self_approve: bool,
+}
+
+/// What an allowed peer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Root outside every session, or a member of the approvers group: everything.
+    Approver,
+    /// The session's own user: list; decide only with self-approval.
+    Owner,
+}
+
+/// Who may talk to a session: root or an approver outside every sandbox, or the session's own
+/// user (see [`Access`]). Never a process inside any session, whoever it runs as.
+fn peer_allowed(stream: &UnixStream, access: &Access) -> Result<(crate::peer::Peer, Role), String> {
+    let peer =
+        crate::peer::Peer::of(stream).map_err(|e| format!("cannot identify the peer: {e}"))?;
+    if !peer.outside_sessions() {
         return Err("a process inside a sandbox session may not list or decide holds".into());
     }
-    Ok(cred.pid as u32)
+    if peer.uid == 0 || access.approvers_gid.is_some_and(|g| peer.in_group(g)) {
+        return Ok((peer, Role::Approver));
+    }
+    if access.owner_uid == Some(peer.uid) {
+        return Ok((peer, Role::Owner));
+    }
+    Err("only root, members of the approvers group or the session's own user may use this session's control socket".into())
 }
 
 /// Connections answered at the same time; more are told the session is busy at once.
@@ -258,6 +279,7 @@ pub fn serve(
     listener: UnixListener,
     sup: Arc<dyn Decider>,
     default_scope: Scope,
+    access: Access,
     info: impl Fn() -> SessionInfo + Send + Sync + 'static,
 ) {
     let info = Arc::new(info);
@@ -275,7 +297,7 @@ pub fn serve(
         let spawned = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                answer(stream, sup.as_ref(), default_scope, info.as_ref());
+                answer(stream, sup.as_ref(), default_scope, &access, info.as_ref());
                 busy2.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -296,17 +318,27 @@ fn answer(
     mut stream: UnixStream,
     sup: &dyn Decider,
     default_scope: Scope,
+    access: &Access,
     info: &dyn Fn() -> SessionInfo,
 ) {
     // Read the request first (so a refused peer gets the answer, not a broken pipe), but
     // act on it only for an allowed peer.
     let mut line = String::new();
     let read = BufReader::new(&stream).take(64 * 1024).read_line(&mut line);
-    let answer = match (peer_allowed(&stream), read) {
-        (Err(e), _) => Answer::err(e),
+    let answer = match (peer_allowed(&stream, access), read) {
+        (Err(e), _) => Answer {
+            denied: Some(true),
+            ..Answer::err(e)
+        },
         (Ok(_), Err(e)) => Answer::err(format!("read: {e}")),
-        (Ok(peer), Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(req, sup, default_scope, info, peer),
+        (Ok((peer, role)), Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Decide { .. }) if role == Role::Owner && !access.self_approve => {
+                Answer::err(format!(
+                    "uid {} runs this session and may not decide its holds (the profile does not allow self-approval: [decisions] self_approve); ask an approver",
+                    peer.uid
+                ))
+            }
+            Ok(req) => handle(req, sup, default_scope, info, &peer, role),
             Err(e) => Answer::err(format!("bad request: {e}")),
         },
     };
@@ -318,7 +350,8 @@ fn handle(
     sup: &dyn Decider,
     default_scope: Scope,
     info: &dyn Fn() -> SessionInfo,
-    peer: u32,
+    peer: &crate::peer::Peer,
+    role: Role,
 ) -> Answer {
     match req {
         Request::Pending => {
@@ -345,8 +378,17 @@ fn handle(
             via,
         } => {
             let scope = scope.unwrap_or(default_scope);
-            let by =
-                format!("root via {} (pid {peer}, scope {scope:?})", via.name()).to_lowercase();
+            let who = match (peer.uid, role) {
+                (0, _) => "root".to_string(),
+                (u, Role::Approver) => format!("approver uid {u}"),
+                (u, Role::Owner) => format!("session user uid {u} (self-approval)"),
+            };
+            let by = format!(
+                "{who} via {} (pid {}, scope {scope:?})",
+                via.name(),
+                peer.pid
+            )
+            .to_lowercase();
             match sup.decide(&id, verdict, scope, for_ms.map(Duration::from_millis), &by) {
                 Ok(ids) => Answer {
                     decided: Some(ids),
@@ -518,9 +560,13 @@ fn pending_and_silent(
 ) -> Result<(Vec<serde_json::Value>, Silent), ControlError> {
     let mut all: Vec<serde_json::Value> = Vec::new();
     let mut silent = Vec::new();
+    let mut hidden = 0;
     for (name, sock) in sockets(session)? {
         match call(&sock, &Request::Pending) {
             Ok(a) if a.ok => all.extend(a.pending.unwrap_or_default()),
+            // Another user's session, listed without naming it: not ours to see.
+            Ok(a) if session.is_none() && a.denied == Some(true) => hidden += 1,
+            Err(e) if session.is_none() && denied(&e) => hidden += 1,
             // Busy (too many connections): live, but its holds cannot be listed now.
             Ok(a) if session.is_none() => silent.push((name, refused(&a))),
             Ok(a) => return Err(refused(&a)),
@@ -537,6 +583,7 @@ fn pending_and_silent(
             Err(e) => return Err(e),
         }
     }
+    note_hidden(hidden);
     Ok((all, silent))
 }
 
@@ -549,6 +596,20 @@ fn gone(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::NotFound
             | std::io::ErrorKind::UnexpectedEof
     )
+}
+
+fn note_hidden(n: usize) {
+    if n > 0 {
+        eprintln!(
+            "sandbox: {n} session{} not shown (not yours; root and members of the approvers group see every session)",
+            if n == 1 { "" } else { "s" }
+        );
+    }
+}
+
+/// A control socket's connect error that means "not allowed" (file permissions), not "gone".
+fn denied(e: &ControlError) -> bool {
+    matches!(e, ControlError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 pub fn cmd_pending(session: Option<&str>, json: bool) -> Result<u8, ControlError> {
@@ -627,12 +688,19 @@ pub fn decide(
         for_ms: for_.map(|d| d.as_millis() as u64),
         via,
     };
+    // A refusal (another user's session, or no self-approval) is reported only when no session
+    // took the decision.
+    let mut refusal = None;
     for (name, sock) in sockets(None)? {
         match call(&sock, &req) {
             Ok(a) if a.ok => return Ok(a.decided.map(|d| d.len()).unwrap_or(1)),
             Ok(a) if a.unknown == Some(true) => {}
-            Ok(a) => return Err(refused(&a)),
+            Ok(a) => {
+                refusal.get_or_insert(refused(&a));
+            }
             Err(ControlError::Io { ref source, .. }) if gone(source) => {}
+            // Another user's session (its socket's mode): not ours to decide.
+            Err(e) if denied(&e) => {}
             // The hold may be in a session that did not answer: say so.
             Err(e @ (ControlError::Io { .. } | ControlError::Protocol { .. })) => eprintln!(
                 "sandbox: warning: session {name} did not answer ({})",
@@ -641,20 +709,27 @@ pub fn decide(
             Err(e) => return Err(e),
         }
     }
-    Err(ControlError::UnknownHold(id.to_string()))
+    Err(refusal.unwrap_or_else(|| ControlError::UnknownHold(id.to_string())))
 }
 
 /// `sandbox sessions`: lists live sessions.
 pub fn cmd_sessions(json: bool) -> Result<u8, ControlError> {
     let mut v = Vec::new();
-    for (_, sock) in sockets(None)? {
+    let mut hidden = 0;
+    for (name, sock) in sockets(None)? {
         match call(&sock, &Request::Info) {
             Ok(a) if a.ok => v.extend(a.info),
-            Ok(a) => return Err(refused(&a)),
+            Ok(a) if a.denied == Some(true) => hidden += 1,
+            Ok(a) => eprintln!(
+                "sandbox: warning: session {name} refused the request ({})",
+                a.error.as_deref().unwrap_or("refused")
+            ),
+            Err(e) if denied(&e) => hidden += 1,
             Err(ControlError::Io { .. } | ControlError::Protocol { .. }) => {}
             Err(e) => return Err(e),
         }
     }
+    note_hidden(hidden);
     if json {
         println!(
             "{}",
@@ -664,15 +739,16 @@ pub fn cmd_sessions(json: bool) -> Result<u8, ControlError> {
         println!("no live sessions");
     } else {
         println!(
-            "{:<16} {:>7} {:<10} {:<8} {:>7} {:<20} COMMAND",
-            "SESSION", "PID", "USER", "BACKEND", "HELD", "STARTED"
+            "{:<16} {:>7} {:<10} {:<12} {:<8} {:>7} {:<20} COMMAND",
+            "SESSION", "PID", "USER", "PROFILE", "BACKEND", "HELD", "STARTED"
         );
         for s in &v {
             println!(
-                "{:<16} {:>7} {:<10} {:<8} {:>7} {:<20} {}",
+                "{:<16} {:>7} {:<10} {:<12} {:<8} {:>7} {:<20} {}",
                 s.session,
                 s.pid,
                 s.user,
+                s.profile.as_deref().unwrap_or("-"),
                 s.backend,
                 s.pending,
                 s.started.get(..19).unwrap_or(""),

@@ -10,7 +10,7 @@
 
 use std::{
     os::{
-        fd::{AsFd as _, BorrowedFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::Path,
@@ -98,8 +98,37 @@ pub struct ExecObserver {
     /// Stopped processes; taken once by [`ExecObserver::take_held_pids`].
     held: Option<HeldPids>,
     /// Owns the program and its link; declared last so the maps above are closed first.
-    _ebpf: Ebpf,
+    _keep: Keep,
 }
+
+/// What keeps the program attached.
+enum Keep {
+    /// The object loaded here (its link detaches when dropped).
+    Ebpf(Ebpf),
+    /// A link loaded ahead of time by `sandbox daemon` (detaches when the last fd closes).
+    Link(OwnedFd),
+}
+
+/// An exec observer loaded and attached ahead of time (`sandbox daemon` keeps one spare, so a
+/// session started through it does not pay for loading): the link and the maps as file
+/// descriptors, handed to the session process, which builds its [`ExecObserver`] from them
+/// ([`ExecObserver::from_preloaded`]). Each is used by one session only.
+#[derive(Debug)]
+pub struct Preloaded {
+    /// The program's link (BPF_RAW_TRACEPOINT_OPEN): attached while it is open.
+    pub link: OwnedFd,
+    /// The maps, in [`PRELOADED_MAPS`] order.
+    pub maps: Vec<OwnedFd>,
+}
+
+/// The maps of a [`Preloaded`] observer, in order.
+pub const PRELOADED_MAPS: [&str; 5] = [
+    SESSION_CGROUPS,
+    EXEC_EVENTS,
+    EXEC_LOST,
+    HELD_NAMES,
+    HELD_PIDS,
+];
 
 impl ExecObserver {
     /// Loads the exec program into the kernel and attaches it to `sched_process_exec`.
@@ -161,7 +190,105 @@ impl ExecObserver {
             lost,
             names,
             held: Some(held),
-            _ebpf: ebpf,
+            _keep: Keep::Ebpf(ebpf),
+        })
+    }
+
+    /// Loads the object and the program and attaches it, for a session to come; returns the
+    /// link and the maps as file descriptors (the object itself is dropped).
+    pub fn preload(btf: &Btf) -> Result<Preloaded, ExecError> {
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(ExecError::Load)?;
+        let program_err = |source| ExecError::Program {
+            name: EXEC_PROGRAM,
+            source,
+        };
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(EXEC_PROGRAM)
+            .ok_or(ExecError::Missing {
+                kind: "program",
+                name: EXEC_PROGRAM,
+            })?
+            .try_into()
+            .map_err(program_err)?;
+        program.load(EXEC_PROGRAM, btf).map_err(program_err)?;
+        let prog_fd = program.fd().map_err(program_err)?.as_fd().as_raw_fd();
+        // BPF_RAW_TRACEPOINT_OPEN with no name attaches a tp_btf program where its BTF says
+        // (what aya's attach does), and gives us the link's fd to hand on.
+        let mut attr = [0u64; 3];
+        attr[1] = prog_fd as u32 as u64;
+        // SAFETY: a bpf(2) call with a zeroed, correctly sized attribute block.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                17, // BPF_RAW_TRACEPOINT_OPEN
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if fd < 0 {
+            return Err(program_err(ProgramError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "bpf_raw_tracepoint_open",
+                    io_error: std::io::Error::last_os_error(),
+                },
+            )));
+        }
+        // SAFETY: the kernel made this fd for us.
+        let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut maps = Vec::new();
+        for name in PRELOADED_MAPS {
+            let m = ebpf
+                .map(name)
+                .ok_or(ExecError::Missing { kind: "map", name })?;
+            let data = match m {
+                aya::maps::Map::HashMap(d)
+                | aya::maps::Map::RingBuf(d)
+                | aya::maps::Map::PerCpuArray(d) => d,
+                _ => {
+                    return Err(ExecError::Map {
+                        name,
+                        source: MapError::InvalidMapType { map_type: 0 },
+                    })
+                }
+            };
+            maps.push(data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                map_err(name)(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: e,
+                }))
+            })?);
+        }
+        Ok(Preloaded { link, maps })
+    }
+
+    /// The observer of a [`Preloaded`] set (in the session process).
+    pub fn from_preloaded(p: Preloaded) -> Result<Self, ExecError> {
+        let mut maps = p.maps.into_iter();
+        let mut next = |name: &'static str| -> Result<MapData, ExecError> {
+            let fd = maps
+                .next()
+                .ok_or(ExecError::Missing { kind: "map", name })?;
+            MapData::from_fd(fd).map_err(map_err(name))
+        };
+        let sessions = HashMap::try_from(aya::maps::Map::HashMap(next(SESSION_CGROUPS)?))
+            .map_err(map_err(SESSION_CGROUPS))?;
+        let events = RingBuf::try_from(aya::maps::Map::RingBuf(next(EXEC_EVENTS)?))
+            .map_err(map_err(EXEC_EVENTS))?;
+        let lost = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(next(EXEC_LOST)?))
+            .map_err(map_err(EXEC_LOST))?;
+        let names = HashMap::try_from(aya::maps::Map::HashMap(next(HELD_NAMES)?))
+            .map_err(map_err(HELD_NAMES))?;
+        let held = HashMap::try_from(aya::maps::Map::HashMap(next(HELD_PIDS)?))
+            .map_err(map_err(HELD_PIDS))?;
+        Ok(Self {
+            sessions,
+            events,
+            lost,
+            names,
+            held: Some(held),
+            _keep: Keep::Link(p.link),
         })
     }
 

@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// profile's `network.allow`.
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_host: Vec<String>,
+    /// Internal: the session was started by `sandbox daemon`, which passes the request on this
+    /// fd (see `daemon::wire::SessionSpec`).
+    #[arg(long, hide = true, value_name = "FD")]
+    pub daemon_session: Option<i32>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
@@ -240,20 +244,31 @@ pub fn session_name(given: Option<&str>, cmd: &[OsString]) -> Result<String, Run
     Ok(format!("{base}-{}", &crate::hold::new_id()[..6]))
 }
 
-fn ensure_private_dir(p: &Path) -> Result<(), RunError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+/// Creates the state directory (root's, mode 0755: the approvers group and a session's user
+/// reach their control sockets, whose own modes decide who may connect), and loosens an old
+/// 0700 one to that.
+pub fn ensure_state_dir(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
-        .create(p)
-        .map_err(sys_io(format!("create {}", p.display())))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
-        .map_err(sys_io(format!("chmod {}", p.display())))
+        .mode(0o755)
+        .create(p)?;
+    let md = std::fs::metadata(p)?;
+    if md.uid() != 0 && nix::unistd::geteuid().is_root() {
+        return Err(std::io::Error::other(format!(
+            "{} is not owned by root",
+            p.display()
+        )));
+    }
+    if md.mode() & 0o7777 != 0o755 {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// Binds the session's control socket (refusing a live session of the same name).
 fn bind_control(dir: &Path, session: &str) -> Result<(UnixListener, PathBuf), RunError> {
-    ensure_private_dir(dir)?;
+    ensure_state_dir(dir).map_err(sys_io(format!("state directory {}", dir.display())))?;
     let path = control::socket_path(dir, session);
     if path.as_os_str().len() >= 108 {
         return Err(RunError::Usage(format!(
@@ -433,6 +448,9 @@ struct ChildPlan {
     hide: Vec<PathBuf>,
     /// The init is in a new network namespace and brings loopback up.
     new_net: bool,
+    /// Started through the daemon: the command is not in the terminal's foreground process
+    /// group, so SIGINT, SIGQUIT and SIGWINCH come relayed and are forwarded too.
+    relay: bool,
     chan: OwnedFd,
 }
 
@@ -447,6 +465,14 @@ impl KernelBtf {
     fn start() -> Self {
         KernelBtf {
             job: Some(std::thread::spawn(aya::Btf::from_sys_fs)),
+            btf: None,
+        }
+    }
+
+    /// Parsed on first use, on the calling thread.
+    fn lazy() -> Self {
+        KernelBtf {
+            job: None,
             btf: None,
         }
     }
@@ -474,10 +500,43 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(RunError::NotRoot);
     }
+    // Started by `sandbox daemon` for an unprivileged user: who asked, and the command's
+    // environment (and, usually, the exec observer, loaded ahead of time).
+    let spec = match args.daemon_session {
+        Some(fd) => Some(crate::daemon::read_spec(fd).map_err(RunError::Usage)?),
+        None => None,
+    };
+    let mut preloaded = match &spec {
+        Some(sp) if sp.preloaded => Some(crate::daemon::take_preloaded()),
+        _ => None,
+    };
     // The kernel's type information, parsed once for every program this run loads, on a thread
-    // of its own meanwhile (joined before the fork).
-    let mut btf = KernelBtf::start();
-    let ident = identity(args.user.as_deref())?;
+    // of its own meanwhile (joined before the fork). With a preloaded observer it is parsed only
+    // if a program still needs it (the LSM backend, the connect guard).
+    let mut btf = match preloaded {
+        Some(_) => KernelBtf::lazy(),
+        None => KernelBtf::start(),
+    };
+    let mut ident = identity(args.user.as_deref())?;
+    if let Some(sp) = &spec {
+        if sp.uid != ident.uid {
+            return Err(RunError::Usage(
+                "internal error: the daemon's request names another user".into(),
+            ));
+        }
+        ident.gid = sp.gid;
+        ident.groups = sp.groups.clone();
+    }
+    // What the user names is read with the user's rights, never root's (daemon sessions).
+    let as_user = || -> Result<Option<crate::daemon::UserFs>, RunError> {
+        match &spec {
+            Some(_) => crate::daemon::UserFs::enter(ident.uid, ident.gid, &ident.groups)
+                .map(Some)
+                .map_err(sys_io("take the user's file-system credentials")),
+            None => Ok(None),
+        }
+    };
+    let user_fs = as_user()?;
     let session = session_name(args.session.as_deref(), &args.cmd)?;
     let profile = match &args.profile {
         Some(p) => crate::profile::load(p, &ident.home)?,
@@ -508,6 +567,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         Protection::with_patterns(&protect, Some(patterns))?
             .with_writes(&write_paths, Some(pf.protect_writes_patterns.clone()))?,
     );
+    drop(user_fs);
     // What this version parses but does not enforce yet is said at start and recorded, never
     // silently dropped.
     let mut not_enforced: Vec<&str> = Vec::new();
@@ -577,7 +637,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         }
         Backend::Auto if lsm_patterns.is_err() => (Backend::Seccomp, lsm_patterns.clone().err()),
         Backend::Auto => {
-            ensure_private_dir(&control::state_dir())?;
+            ensure_state_dir(&control::state_dir()).map_err(sys_io("state directory"))?;
             match files::lsm::probe_cached(&control::state_dir(), || {
                 btf.get().map_err(|e| e.to_string())
             }) {
@@ -606,6 +666,24 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let log_dir = crate::audit::log_dir();
     let (ctl_listener, ctl_path) = bind_control(&state, &session)?;
     let cleanup_sock = scopeguard(ctl_path.clone());
+    // Who may use the control socket besides root (control::Access): the approvers group, and
+    // the session's own user (to list; to decide only with self-approval).
+    let approvers_gid = match &spec {
+        Some(sp) => sp.approvers_gid,
+        None => crate::peer::group_id(crate::peer::APPROVERS_GROUP).ok(),
+    };
+    let access = control::Access {
+        owner_uid: Some(ident.uid),
+        approvers_gid,
+        self_approve: profile.decisions.self_approve.unwrap_or(false),
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(&ctl_path, Some(ident.uid), Some(approvers_gid.unwrap_or(0)))
+            .map_err(sys_io(format!("chown {}", ctl_path.display())))?;
+        std::fs::set_permissions(&ctl_path, std::fs::Permissions::from_mode(0o660))
+            .map_err(sys_io(format!("chmod {}", ctl_path.display())))?;
+    }
     let audit = Arc::new(AuditLog::create(&log_dir, &session)?);
     let mut cg = SessionCgroup::create(&session)?;
     // The pids limit is in place before anything runs in the session: a fork bomb stays inside.
@@ -619,8 +697,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     };
     let cg_guard = CgroupGuard(&cg);
 
-    let mut observer = crate::exec::ExecObserver::load_then(|| btf.get_exec())?;
-    let btf = btf.get()?;
+    let observer_preloaded = preloaded.is_some();
+    let mut observer = match preloaded.take() {
+        Some(p) => crate::exec::ExecObserver::from_preloaded(p)?,
+        None => crate::exec::ExecObserver::load_then(|| btf.get_exec())?,
+    };
     observer.watch_cgroup(cg.id()?)?;
     // `[commands] hold`: programs of these names stop at exec for a check (commands::guard).
     observer.hold_names(rules.names())?;
@@ -631,8 +712,13 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         None
     } else {
         Some(
-            crate::netguard::ConnectGuard::load(btf, cg.path(), &connect_held, std::process::id())
-                .map_err(|e| RunError::Usage(format!("hold_connect backstop: {e}")))?,
+            crate::netguard::ConnectGuard::load(
+                btf.get()?,
+                cg.path(),
+                &connect_held,
+                std::process::id(),
+            )
+            .map_err(|e| RunError::Usage(format!("hold_connect backstop: {e}")))?,
         )
     };
 
@@ -670,10 +756,12 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     if let (Some(url), Some(secret)) =
         (&profile.notify.webhook, &profile.notify.webhook_secret_file)
     {
+        let user_fs = as_user()?;
         let key = std::fs::read(secret).map_err(sys_io(format!(
             "read notify.webhook_secret_file {}",
             secret.display()
         )))?;
+        drop(user_fs);
         let key = key.trim_ascii().to_vec();
         if key.is_empty() {
             return Err(RunError::Usage(format!(
@@ -694,9 +782,11 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     let proxy = match net_mode {
         NetMode::Proxy => {
+            let user_fs = as_user()?;
             let catalogue =
                 crate::proxy::load_catalogues(&net.hold, &rule_dirs(&profile, &ident.home))?;
-            Some(Arc::new(crate::proxy::Proxy::new(
+            // The upstream CAs the profile names are read as the user too.
+            let p = crate::proxy::Proxy::new(
                 crate::proxy::Config {
                     session: session.clone(),
                     allow: allow.clone(),
@@ -709,7 +799,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                     cgroup: cg.path().to_path_buf(),
                 },
                 report.clone(),
-            )?))
+            )?;
+            drop(user_fs);
+            Some(Arc::new(p))
         }
         NetMode::None | NetMode::Host => None,
     };
@@ -734,7 +826,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
                            "hold_connect_at_connect": connect_held.iter().map(|e| e.to_string()).collect::<Vec<_>>()},
                "read_only": profile.files.read_only, "hidden": profile.files.hidden, "writable": profile.files.writable,
                "supervisor_pid": std::process::id(), "cgroup": cg.path(),
-               "pids_max": pids_max, "pids_cgroup": pids_at.dir()}),
+               "pids_max": pids_max, "pids_cgroup": pids_at.dir(),
+               "via_daemon": spec.is_some(), "self_approve": access.self_approve, "approvers_gid": approvers_gid,
+               "exec_observer_preloaded": observer_preloaded}),
     )?;
     if !args.quiet {
         let pats = profile.files.protect_patterns.patterns().len();
@@ -790,7 +884,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             prot.clone(),
             report.clone(),
             cg.id()?,
-            btf,
+            btf.get()?,
             &connect_held,
         )?))
     } else {
@@ -825,7 +919,12 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         binds = sys.iter().map(|t| (b.clone(), t.clone())).collect();
         bundle = Some(b);
     }
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+    let given_env: Vec<(OsString, OsString)> = match &spec {
+        Some(sp) => crate::daemon::wire::unhex_env(&sp.env).map_err(RunError::Usage)?,
+        None => std::env::vars_os().collect(),
+    };
+    let mut env: Vec<(OsString, OsString)> = given_env
+        .into_iter()
         .filter(|(k, _)| {
             !matches!(
                 k.to_str(),
@@ -867,12 +966,23 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
             stub: hidden_stub(&state)?,
         },
         hide: vec![state.clone(), log_dir.clone()],
+        relay: spec.is_some(),
         new_net: net_mode != NetMode::Host,
         chan: child_end,
     };
 
     // Set before forking: the init must not miss a SIGTERM sent to the supervisor.
-    let sigs = forwarded_signals();
+    let relay = spec.is_some();
+    let mut sigs = forwarded_signals(relay);
+    if relay {
+        let mut raw: libc::sigset_t = *sigs.as_ref();
+        // SAFETY: adding valid signal numbers to an initialised set.
+        sigs = unsafe {
+            libc::sigaddset(&mut raw, crate::daemon::daemon_gone_signal());
+            libc::sigaddset(&mut raw, crate::daemon::client_gone_signal());
+            nix::sys::signal::SigSet::from_sigset_t_unchecked(raw)
+        };
+    }
     block(&sigs);
     // A fork into a new pid namespace, born in the session's cgroup (CLONE_INTO_CGROUP: no
     // migration afterwards, which costs milliseconds). unshare(CLONE_NEWPID) would forbid the
@@ -1106,20 +1216,25 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         );
         let roots = prot.roots().to_vec();
         let supref = decider.clone();
+        let (profile_name, via_daemon) = (args.profile.clone(), spec.is_some());
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                control::serve(ctl_listener, sup, default_scope, move || SessionInfo {
-                    session: session.clone(),
-                    pid: std::process::id(),
-                    command: cmd_str.clone(),
-                    user: ident.name.clone(),
-                    uid: ident.uid,
-                    started: started.clone(),
-                    backend: backend_name.into(),
-                    protected: roots.clone(),
-                    pending: supref.pending().len(),
-                    log: log.clone(),
+                control::serve(ctl_listener, sup, default_scope, access, move || {
+                    SessionInfo {
+                        session: session.clone(),
+                        pid: std::process::id(),
+                        command: cmd_str.clone(),
+                        user: ident.name.clone(),
+                        uid: ident.uid,
+                        started: started.clone(),
+                        backend: backend_name.into(),
+                        protected: roots.clone(),
+                        pending: supref.pending().len(),
+                        log: log.clone(),
+                        profile: profile_name.clone(),
+                        via_daemon,
+                    }
                 })
             })
             .map_err(sys_io("spawn"))?;
@@ -1164,7 +1279,16 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     drop(sup_end);
 
     let t0 = Instant::now();
-    let status = wait_init(init, &sigs);
+    let status = wait_init(init, &sigs, relay, &|sig| {
+        // The daemon or the client is gone: the session ends now (fail closed), its holds with it.
+        let why = if sig == crate::daemon::daemon_gone_signal() {
+            "the daemon that started the session went away"
+        } else {
+            "the client (sandbox run) went away"
+        };
+        report.record("session_ending", json!({"reason": why}));
+        let _ = std::fs::write(cg.path().join("cgroup.kill"), "1");
+    });
     let code = match status {
         WaitStatus::Exited(_, c) => c as u8,
         WaitStatus::Signaled(_, s, _) => 128u8.wrapping_add(s as u8),
@@ -1315,9 +1439,16 @@ impl Drop for CgroupGuard<'_> {
     }
 }
 
-fn forwarded_signals() -> nix::sys::signal::SigSet {
+/// The signals the supervisor and the init forward to the command; with `relay` (a session of
+/// the daemon) also SIGINT, SIGQUIT and SIGWINCH, which the client relays.
+fn forwarded_signals(relay: bool) -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut s = SigSet::empty();
+    if relay {
+        for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGWINCH] {
+            s.add(sig);
+        }
+    }
     for sig in [
         Signal::SIGTERM,
         Signal::SIGHUP,
@@ -1335,14 +1466,24 @@ fn block(s: &nix::sys::signal::SigSet) {
 }
 
 /// Waits for the init; forwards SIGTERM/SIGHUP/SIGUSR1/2 to it. The terminal's SIGINT and
-/// SIGQUIT reach the command directly; the supervisor ignores them.
-fn wait_init(init: Pid, sigs: &nix::sys::signal::SigSet) -> WaitStatus {
+/// SIGQUIT reach the command directly; the supervisor ignores them. With `relay` (a session of
+/// the daemon) SIGINT, SIGQUIT and SIGWINCH come from the daemon and are forwarded too, and the
+/// daemon's end signals call `on_end`.
+fn wait_init(
+    init: Pid,
+    sigs: &nix::sys::signal::SigSet,
+    relay: bool,
+    on_end: &dyn Fn(libc::c_int),
+) -> WaitStatus {
     use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: setting SIG_IGN is async-signal-safe.
-    unsafe {
-        let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
-        let _ = signal(Signal::SIGQUIT, SigHandler::SigIgn);
+    if !relay {
+        // SAFETY: setting SIG_IGN is async-signal-safe.
+        unsafe {
+            let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+            let _ = signal(Signal::SIGQUIT, SigHandler::SigIgn);
+        }
     }
+    let mut ended = false;
     loop {
         match waitpid(init, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
@@ -1357,6 +1498,16 @@ fn wait_init(init: Pid, sigs: &nix::sys::signal::SigSet) -> WaitStatus {
         };
         // SAFETY: sigtimedwait with a valid set and timeout.
         let sig = unsafe { libc::sigtimedwait(sigs.as_ref(), std::ptr::null_mut(), &ts) };
+        if relay
+            && (sig == crate::daemon::daemon_gone_signal()
+                || sig == crate::daemon::client_gone_signal())
+        {
+            if !ended {
+                ended = true;
+                on_end(sig);
+            }
+            continue;
+        }
         if sig > 0 && sig != libc::SIGCHLD {
             // SAFETY: plain kill.
             unsafe { libc::kill(init.as_raw(), sig) };
@@ -1538,6 +1689,7 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan, lifeline: OwnedFd) -> ! {
         Ok(p) => p,
         Err(e) => child_fail("socketpair", e),
     };
+    let relay = plan.relay;
     // SAFETY: init is single-threaded.
     let cmd_pid = match unsafe { nix::unistd::fork() } {
         Err(e) => child_fail("fork", e),
@@ -1551,15 +1703,15 @@ fn init_main(cg: &SessionCgroup, plan: ChildPlan, lifeline: OwnedFd) -> ! {
     drop(cmd_end);
     let kept = recv_fd(keep_end.as_raw_fd(), Duration::from_secs(60)).ok();
     drop(keep_end);
-    init_loop(cmd_pid, kept)
+    init_loop(cmd_pid, kept, relay)
 }
 
 extern "C" fn noop(_: libc::c_int) {}
 
 /// Reaps everything; forwards signals to the command; exits with the command's status.
-fn init_loop(cmd: Pid, _listener_copy: Option<OwnedFd>) -> ! {
+fn init_loop(cmd: Pid, _listener_copy: Option<OwnedFd>, relay: bool) -> ! {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
-    let sigs = forwarded_signals();
+    let sigs = forwarded_signals(relay);
     // pid 1 drops signals whose action is SIG_DFL: install a handler so they queue.
     let sa = SigAction::new(
         SigHandler::Handler(noop),

@@ -13,6 +13,10 @@ mod commands;
 #[cfg(fuzzing)]
 pub mod control;
 #[cfg(fuzzing)]
+mod daemon;
+#[cfg(fuzzing)]
+mod daemon;
+#[cfg(fuzzing)]
 mod doctor;
 #[cfg(fuzzing)]
 mod exec;
@@ -28,6 +32,10 @@ mod netguard;
 mod netns;
 #[cfg(fuzzing)]
 mod notify;
+#[cfg(fuzzing)]
+mod peer;
+#[cfg(fuzzing)]
+mod peer;
 #[cfg(fuzzing)]
 pub mod profile;
 #[cfg(fuzzing)]

@@ -4,6 +4,7 @@ mod audit;
 mod cgroup;
 mod commands;
 mod control;
+mod daemon;
 mod doctor;
 mod exec;
 mod files;
@@ -12,6 +13,7 @@ mod launch;
 mod netguard;
 mod netns;
 mod notify;
+mod peer;
 mod profile;
 mod proxy;
 mod report;
@@ -39,8 +41,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a command in a new session under the guard (as root).
+    /// Run a command in a new session under the guard (as root; without root, through
+    /// `sandbox daemon`).
     Run(launch::RunArgs),
+    /// The privileged service of systemd-managed hosts: starts sessions for members of the
+    /// `sandbox` group who run `sandbox run` without root.
+    Daemon(daemon::DaemonArgs),
     /// List held operations waiting for a decision.
     Pending {
         /// Only this session.
@@ -148,7 +154,12 @@ fn main() -> ExitCode {
         }
     };
     let res: Result<u8, (u8, anyhow::Error)> = match cli.cmd {
+        Cmd::Run(a) if !nix::unistd::geteuid().is_root() => {
+            let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+            daemon::client::run(&argv, a.user.is_some()).map_err(|e| (EXIT_SETUP, e.into()))
+        }
         Cmd::Run(a) => launch::run(a).map_err(|e| (EXIT_SETUP, e.into())),
+        Cmd::Daemon(a) => daemon::cmd_daemon(&a).map_err(|e| (1, e.into())),
         Cmd::Pending { session, json } => {
             control::cmd_pending(session.as_deref(), json).map_err(|e| (1, e.into()))
         }

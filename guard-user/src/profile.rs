@@ -233,6 +233,7 @@ struct RawRisk {
 struct RawDecisions {
     timeout: Option<Str>,
     default_scope: Option<Scope>,
+    self_approve: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -327,6 +328,10 @@ pub struct Decisions {
     /// The scope a decision gets when the human names none; `None`: the built-in default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_scope: Option<Scope>,
+    /// Whether the session's own user may decide its holds (`None`: no, the default). Members
+    /// of the approvers group and root always may.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_approve: Option<bool>,
 }
 
 /// The smallest and largest `limits.pids` (a session needs its init, the command and a few
@@ -1092,6 +1097,7 @@ fn parse_layer(doc: &Doc, home: &Path) -> Result<Layer, ProfileError> {
         l.decisions.timeout = Some(d);
     }
     l.decisions.default_scope = raw.decisions.default_scope;
+    l.decisions.self_approve = raw.decisions.self_approve;
 
     // Files. Access lists say one thing per path within a file.
     let f = &raw.files;
@@ -1497,6 +1503,9 @@ impl Merge {
         if l.decisions.default_scope.is_some() {
             r.decisions.default_scope = l.decisions.default_scope;
         }
+        if l.decisions.self_approve.is_some() {
+            r.decisions.self_approve = l.decisions.self_approve;
+        }
         for (entries, paths, pats) in [
             (l.protect, &mut r.files.protect_paths, &mut self.protect),
             (
@@ -1812,6 +1821,7 @@ rollback = "snapshot"
 [decisions]
 timeout = "10m"
 default_scope = "once"
+self_approve = true
 [files]
 protect = ["/data", "**/*.db"]
 read_only = ["/etc"]
@@ -1857,6 +1867,11 @@ hold = ["kubectl   delete"]
         assert_eq!(r.risk.rollback, None, "[risk] is replaced as a whole");
         assert_eq!(r.decisions.timeout, Some(Duration::from_secs(30)));
         assert_eq!(r.decisions.default_scope, Some(Scope::Once));
+        assert_eq!(
+            r.decisions.self_approve,
+            Some(true),
+            "inherited self_approve"
+        );
         assert_eq!(r.files.protect_paths, paths(&["/data", "/more"]));
         assert_eq!(
             r.files.protect_patterns.patterns(),

@@ -6,9 +6,11 @@
 //! - `load [--rate 1000] [--seconds 60]`: holds decided by a script at that rate, none lost,
 //!   none misattributed. Needs root.
 //! - `vm-test`: guard-user test targets inside QEMU VMs (BPF LSM).
+//! - `install [--prefix P] [--destdir D] [--bin PATH]`: installs on a systemd host.
 
 mod bench;
 mod holdbench;
+mod install;
 mod load;
 mod machine;
 mod proxybench;
@@ -49,6 +51,9 @@ enum Task {
     Load(load::Options),
     /// Run guard-user test targets inside QEMU VMs booting pinned Debian kernels (6.1, 6.12).
     VmTest(vm::VmTestArgs),
+    /// Install on a systemd host (as root): the binary, the units of dist/systemd, profiles to
+    /// /etc/sandbox/profiles, the groups sandbox and sandbox-approvers.
+    Install(install::InstallArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -57,6 +62,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Task::Timeit { cmd } => timeit(&cmd),
         Task::VmTest(args) => vm::run(args).map(|()| ExitCode::SUCCESS),
         Task::Load(o) => load::run(&o).map(|()| ExitCode::SUCCESS),
+        Task::Install(args) => install::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
