@@ -15,8 +15,6 @@ pub mod control;
 #[cfg(fuzzing)]
 mod daemon;
 #[cfg(fuzzing)]
-mod daemon;
-#[cfg(fuzzing)]
 mod doctor;
 #[cfg(fuzzing)]
 mod exec;
@@ -32,8 +30,6 @@ mod netguard;
 mod netns;
 #[cfg(fuzzing)]
 mod notify;
-#[cfg(fuzzing)]
-mod peer;
 #[cfg(fuzzing)]
 mod peer;
 #[cfg(fuzzing)]
