@@ -435,13 +435,18 @@ fn sigkill_of_a_held_process_leaves_the_file() {
         return;
     }
     let (w, prot, f) = protected();
+    // The rm is killed once its hold is pending (the test says so through `go`).
+    let go = w.work.join("go");
     let script = format!(
-        "rm {f} & P=$!; sleep 1; kill -9 $P; wait $P; echo rc=$?; sleep 1; cat {f}; echo; echo end",
-        f = f.display()
+        "rm {f} & P=$!; while [ ! -e {go} ]; do sleep 0.1; done; kill -9 $P; wait $P; echo rc=$?; \
+         sleep 1; cat {f}; echo; echo end",
+        f = f.display(),
+        go = go.display()
     );
     let name = "esc-kill";
     let mut r = w.run(name, &[&prot], &[], &script);
     w.wait_hold(name, T);
+    std::fs::write(&go, "").unwrap();
     // Nobody decides for 5 s: the held rm is killed meanwhile.
     let t0 = Instant::now();
     while r.child.try_wait().unwrap().is_none() {
