@@ -76,6 +76,9 @@ pub struct VmTestArgs {
     /// `--test-threads` for every test binary.
     #[arg(long, value_name = "N", default_value_t = 1)]
     test_threads: u32,
+    /// Boot the kernels one after another (by default their VMs run side by side).
+    #[arg(long)]
+    serial: bool,
     /// Build the binaries with --release.
     #[arg(long)]
     release: bool,
@@ -169,7 +172,7 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
         build_time.as_secs_f64()
     );
 
-    let mut results: Vec<(&KernelImage, Report)> = Vec::new();
+    let mut boots = Vec::new();
     for k in &kernels {
         let boot = qemu::Boot {
             kernel: k,
@@ -183,15 +186,42 @@ pub fn run(args: VmTestArgs) -> anyhow::Result<()> {
         if args.keep {
             write_boot_script(&vm_dir, &boot)?;
         }
+        boots.push(boot);
+    }
+    let run_one = |boot: &qemu::Boot| -> anyhow::Result<Report> {
         println!(
             "vm-test: booting {} ({}); log {}",
-            k.spec.label,
+            boot.kernel.spec.label,
             accel.name(),
             boot.log.display()
         );
         let report = boot.run()?;
-        println!("vm-test: {}: {}", k.spec.label, describe(&report.outcome));
-        results.push((k, report));
+        println!(
+            "vm-test: {}: {}",
+            boot.kernel.spec.label,
+            describe(&report.outcome)
+        );
+        Ok(report)
+    };
+    // The tests in a VM run one at a time (--test-threads=1), so a TCG guest keeps about one
+    // host CPU busy: the kernels' VMs run side by side unless --serial.
+    let reports: Vec<anyhow::Result<Report>> = if args.serial || boots.len() < 2 {
+        boots.iter().map(run_one).collect()
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = boots.iter().map(|b| s.spawn(|| run_one(b))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a VM's thread panicked")))
+                })
+                .collect()
+        })
+    };
+    let mut results: Vec<(&KernelImage, Report)> = Vec::new();
+    for (k, r) in kernels.iter().zip(reports) {
+        results.push((k, r?));
     }
 
     if !args.keep {
