@@ -8,10 +8,8 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{privileged, text, World};
@@ -19,26 +17,18 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 
-/// `xtask/progs/hold_victim.c`, compiled once for this test binary.
-fn victim() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = tempfile::Builder::new()
-            .prefix("guard-faults-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/progs/hold_victim.c");
-        let st = Command::new("cc")
-            .args(["-O2", "-pthread", "-o"])
-            .arg(d.path().join("hold_victim"))
-            .arg(&src)
-            .status()
-            .expect("run cc (install gcc)");
-        assert!(st.success(), "compiling {} failed", src.display());
-        d
-    });
-    dir.path().join("hold_victim")
+/// `xtask/progs/hold_victim.c`, compiled into the world's directory (removed with it).
+fn victim(w: &World) -> PathBuf {
+    let out = w.tmp.path().join("hold_victim");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/progs/hold_victim.c");
+    let st = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run cc (install gcc)");
+    assert!(st.success(), "compiling {} failed", src.display());
+    out
 }
 
 /// The first line of the session's audit log (`session_start`), once it is there.
@@ -463,7 +453,7 @@ fn a_thousand_simultaneous_holds_are_all_listed_and_each_decided_as_asked() {
     }
     common::chown_tree(&prot);
     let session = "flt-thousand";
-    let v = victim();
+    let v = victim(&w);
     let r = w.spawn(
         &[
             "run",
