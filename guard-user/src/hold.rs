@@ -424,6 +424,38 @@ pub trait HoldBackend: Send + Sync {
     ) {
     }
 
+    /// Holds `op` (described by `info`), or carries it out at once when a standing decision
+    /// covers it. Returns the hold when it is pending; a hold the audit log does not have is
+    /// denied at once instead (fail closed) and None is returned, as for an applied decision.
+    fn hold_or_carry_out(&self, info: HoldInfo, op: Self::Op) -> Option<HoldInfo>
+    where
+        Self: Sized,
+    {
+        match self.holds().hold_or_apply(info.clone(), op) {
+            Admission::Decided(prior, op) => {
+                let v = self
+                    .reporter()
+                    .applied(&info, prior.verdict, &prior.from_hold);
+                self.carry_out(op, v);
+                None
+            }
+            Admission::Held(info) => {
+                if self.reporter().held(&info) {
+                    return Some(*info);
+                }
+                let _ = Decider::decide(
+                    self,
+                    &info.id,
+                    Verdict::Deny,
+                    Scope::Once,
+                    None,
+                    crate::report::UNRECORDED,
+                );
+                None
+            }
+        }
+    }
+
     /// Takes pending hold `id` back, denied `by` the reason given, without carrying anything
     /// out: whoever waited for it is gone.
     fn withdraw(&self, id: &str, by: &str) {

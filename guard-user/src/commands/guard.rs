@@ -32,7 +32,7 @@ use super::{Exec, Rules};
 use crate::exec::{ExecEvent, HeldPids};
 use crate::files::resolve;
 use crate::files::seccomp::{Listener, Notif};
-use crate::hold::{Admission, HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
+use crate::hold::{HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
 use crate::report::Reporter;
 
 /// The most argument bytes read in all; a longer list is held (it cannot be checked).
@@ -351,25 +351,7 @@ impl ExecGuard {
             pid,
             pidfd: Some(pidfd),
         };
-        match self.holds.hold_or_apply(info.clone(), pending) {
-            Admission::Decided(prior, p) => {
-                let v = self.report.applied(&info, prior.verdict, &prior.from_hold);
-                self.carry_out(p, v);
-            }
-            Admission::Held(info) => {
-                if !self.report.held(&info) {
-                    // Fail closed: a hold the audit log does not have is denied at once.
-                    let _ = crate::hold::Decider::decide(
-                        self,
-                        &info.id,
-                        Verdict::Deny,
-                        crate::hold::Scope::Once,
-                        None,
-                        crate::report::UNRECORDED,
-                    );
-                }
-            }
-        }
+        self.hold_or_carry_out(info, pending);
     }
 
     /// A kill(2)-family call with SIGCONT from the sandbox (see the module's documentation).

@@ -28,7 +28,7 @@ use guard_common::files::{
 };
 
 use super::Protection;
-use crate::hold::{Admission, HoldBackend, HoldInfo, Holds, ProcKey, Scope, Verdict};
+use crate::hold::{HoldBackend, HoldInfo, Holds, ProcKey, Scope, Verdict};
 use crate::report::Reporter;
 
 /// The LSM hooks of the file hold; `file_truncate` exists from Linux 6.2 on.
@@ -647,25 +647,7 @@ impl LsmSupervisor {
             pid: r.pid,
             seq: r.seq,
         };
-        match self.holds.hold_or_apply(info.clone(), p) {
-            Admission::Decided(prior, p) => {
-                let v = self.report.applied(&info, prior.verdict, &prior.from_hold);
-                self.carry_out(p, v);
-            }
-            Admission::Held(info) => {
-                if !self.report.held(&info) {
-                    // Fail closed: a hold the audit log does not have is denied at once.
-                    let _ = crate::hold::Decider::decide(
-                        self,
-                        &info.id,
-                        Verdict::Deny,
-                        crate::hold::Scope::Once,
-                        None,
-                        crate::report::UNRECORDED,
-                    );
-                }
-            }
-        }
+        self.hold_or_carry_out(info, p);
     }
 
     /// Stops holding for this session (the cgroup is about to go).

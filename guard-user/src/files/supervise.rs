@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::resolve::{self, PinnedDir, Target};
 use super::seccomp::{Listener, Notif};
 use super::{Class, Protection, WriteClass};
-use crate::hold::{Admission, HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
+use crate::hold::{HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
 use crate::report::Reporter;
 
 /// A resolved operation the supervisor can carry out on the process's behalf.
@@ -1146,28 +1146,10 @@ impl Supervisor {
             tid: n.pid,
             op,
         };
-        match self.holds.hold_or_apply(info.clone(), pending) {
-            Admission::Decided(prior, p) => {
-                let v = self.report.applied(&info, prior.verdict, &prior.from_hold);
-                self.carry_out(p, v);
-            }
-            Admission::Held(info) => {
-                if !self.report.held(&info) {
-                    // Fail closed: a hold the audit log does not have is denied at once.
-                    let _ = crate::hold::Decider::decide(
-                        self,
-                        &info.id,
-                        Verdict::Deny,
-                        crate::hold::Scope::Once,
-                        None,
-                        crate::report::UNRECORDED,
-                    );
-                    return;
-                }
-                // The process may have been killed while we looked: don't leave a ghost hold.
-                if !self.listener.valid(n.id) {
-                    self.withdraw(&info.id, "process gone");
-                }
+        if let Some(info) = self.hold_or_carry_out(info, pending) {
+            // The process may have been killed while we looked: don't leave a ghost hold.
+            if !self.listener.valid(n.id) {
+                self.withdraw(&info.id, "process gone");
             }
         }
     }
