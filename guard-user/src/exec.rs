@@ -130,6 +130,27 @@ pub const PRELOADED_MAPS: [&str; 5] = [
     HELD_PIDS,
 ];
 
+fn program_err(source: aya::programs::ProgramError) -> ExecError {
+    ExecError::Program {
+        name: EXEC_PROGRAM,
+        source,
+    }
+}
+
+/// The exec program of a loaded object, loaded into the kernel (not attached).
+fn loaded_program<'e>(ebpf: &'e mut Ebpf, btf: &Btf) -> Result<&'e mut BtfTracePoint, ExecError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(EXEC_PROGRAM)
+        .ok_or(ExecError::Missing {
+            kind: "program",
+            name: EXEC_PROGRAM,
+        })?
+        .try_into()
+        .map_err(program_err)?;
+    program.load(EXEC_PROGRAM, btf).map_err(program_err)?;
+    Ok(program)
+}
+
 impl ExecObserver {
     /// Loads the exec program into the kernel and attaches it to `sched_process_exec`.
     ///
@@ -157,20 +178,9 @@ impl ExecObserver {
             .map_err(ExecError::Load)?;
         let btf = btf()?;
 
-        let program_err = |source| ExecError::Program {
-            name: EXEC_PROGRAM,
-            source,
-        };
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(EXEC_PROGRAM)
-            .ok_or(ExecError::Missing {
-                kind: "program",
-                name: EXEC_PROGRAM,
-            })?
-            .try_into()
+        loaded_program(&mut ebpf, btf)?
+            .attach()
             .map_err(program_err)?;
-        program.load(EXEC_PROGRAM, btf).map_err(program_err)?;
-        program.attach().map_err(program_err)?;
 
         let sessions = HashMap::try_from(take_map(&mut ebpf, SESSION_CGROUPS)?)
             .map_err(map_err(SESSION_CGROUPS))?;
@@ -200,19 +210,7 @@ impl ExecObserver {
         let mut ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .map_err(ExecError::Load)?;
-        let program_err = |source| ExecError::Program {
-            name: EXEC_PROGRAM,
-            source,
-        };
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(EXEC_PROGRAM)
-            .ok_or(ExecError::Missing {
-                kind: "program",
-                name: EXEC_PROGRAM,
-            })?
-            .try_into()
-            .map_err(program_err)?;
-        program.load(EXEC_PROGRAM, btf).map_err(program_err)?;
+        let program = loaded_program(&mut ebpf, btf)?;
         let prog_fd = program.fd().map_err(program_err)?.as_fd().as_raw_fd();
         // BPF_RAW_TRACEPOINT_OPEN with no name attaches a tp_btf program where its BTF says
         // (what aya's attach does), and gives us the link's fd to hand on.
