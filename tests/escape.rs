@@ -589,8 +589,8 @@ fn a_fork_bomb_is_contained_and_the_guard_keeps_answering() {
     let (w, prot, f) = protected();
     const LIMIT: u64 = 200;
     let profile = w.file("limits.toml", &format!("[limits]\npids = {LIMIT}\n"));
-    // A classic fork bomb, started by a process that then (without forking: the bomb holds
-    // every pid it may have) tries to remove the protected file.
+    // A fork bomb that never burns out, started by a process that then (without forking: the
+    // bomb holds every pid it may have) tries to remove the protected file.
     let ops = common::prog("escape_ops");
     let session = "esc-forkbomb";
     let pf = profile.display().to_string();

@@ -11,7 +11,9 @@
 //        escape_ops ptrace PID
 //          PTRACE_ATTACH to PID and opening /proc/PID/mem: "ptrace=ERRNO|0", "mem=ERRNO|ok".
 //        escape_ops bomb SECS FILE
-//          Starts a fork bomb (sh -c 'b(){ b|b& }; b', stderr to /dev/null), waits SECS seconds,
+//          Starts a fork bomb that does not burn out (every process forks for ever, and retries
+//          after 20 ms when fork fails: the shell's 'b(){ b|b& }; b' can die out at a tight pids
+//          limit when all its processes fail at once and exit), waits SECS seconds,
 //          prints "procs=N" (processes it can see), then unlinks FILE without forking:
 //          "unlink=ok" or "unlink=ERRNO". Then it kills the bomb (its own process group) until
 //          none of it is left and prints "bomb_gone=1" (0 if that took more than 60 s).
@@ -84,11 +86,9 @@ static int bomb(int secs, const char *file) {
 	if (p == 0) {
 		/* Its own process group, which every process of the bomb inherits. */
 		setpgid(0, 0);
-		int fd = open("/dev/null", O_WRONLY);
-		if (fd >= 0)
-			dup2(fd, 2);
-		execlp("sh", "sh", "-c", "b(){ b | b & }; b", (char *)NULL);
-		_exit(127);
+		for (;;)
+			if (fork() < 0)
+				usleep(20000);
 	}
 	sleep((unsigned)secs);
 	printf("procs=%d\n", count_procs());
