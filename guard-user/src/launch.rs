@@ -632,7 +632,8 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     let (backend, lsm_refused) = match args.backend {
         Backend::Seccomp => (Backend::Seccomp, None),
         Backend::Lsm => {
-            files::lsm::probe_with(btf.get()?)?;
+            ensure_state_dir(&control::state_dir()).map_err(sys_io("state directory"))?;
+            files::lsm::probe_explicit(&control::state_dir(), btf.get()?)?;
             (Backend::Lsm, None)
         }
         Backend::Auto if lsm_patterns.is_err() => (Backend::Seccomp, lsm_patterns.clone().err()),

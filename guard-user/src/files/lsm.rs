@@ -199,31 +199,62 @@ pub fn probe_cached<'a>(
     state: &std::path::Path,
     btf: impl FnOnce() -> Result<&'a Btf, String>,
 ) -> Result<(), String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let boot = boot.trim();
-    let cache = state.join("lsm-probe");
-    if let Ok(text) = std::fs::read_to_string(&cache) {
-        let mut lines = text.splitn(2, '\n');
-        if !boot.is_empty() && lines.next() == Some(boot) {
-            let rest = lines.next().unwrap_or("").trim_end();
-            return if rest == "ok" {
-                Ok(())
-            } else {
-                Err(rest.to_string())
-            };
-        }
+    if let Some(r) = cached_probe(state) {
+        return r;
     }
     let r = btf().and_then(|btf| {
         probe_with(btf).map_err(|e| format!("{e}: {}", crate::launch::error_chain(&e)))
     });
+    record_probe(state, &r);
+    r
+}
+
+/// [`probe_with`] for `--backend lsm`, skipped when this boot's probe succeeded already (a
+/// refusal is probed again, for its full error).
+pub fn probe_explicit(state: &std::path::Path, btf: &Btf) -> Result<(), LsmError> {
+    if let Some(Ok(())) = cached_probe(state) {
+        return Ok(());
+    }
+    let r = probe_with(btf);
+    record_probe(
+        state,
+        &r.as_ref()
+            .map(|_| ())
+            .map_err(|e| format!("{e}: {}", crate::launch::error_chain(e))),
+    );
+    r
+}
+
+fn boot_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    boot.trim().to_string()
+}
+
+/// This boot's probe result from `<state dir>/lsm-probe`, if recorded.
+fn cached_probe(state: &std::path::Path) -> Option<Result<(), String>> {
+    let boot = boot_id();
+    let text = std::fs::read_to_string(state.join("lsm-probe")).ok()?;
+    let mut lines = text.splitn(2, '\n');
+    if boot.is_empty() || lines.next() != Some(boot.as_str()) {
+        return None;
+    }
+    let rest = lines.next().unwrap_or("").trim_end();
+    Some(if rest == "ok" {
+        Ok(())
+    } else {
+        Err(rest.to_string())
+    })
+}
+
+fn record_probe(state: &std::path::Path, r: &Result<(), String>) {
+    let boot = boot_id();
     if !boot.is_empty() {
         let text = format!(
             "{boot}\n{}\n",
             r.as_ref().err().map(String::as_str).unwrap_or("ok")
         );
-        let _ = std::fs::write(&cache, text);
+        let _ = std::fs::write(state.join("lsm-probe"), text);
     }
-    r
 }
 
 /// A thread stopped on a hold.
