@@ -405,6 +405,78 @@ fn unshare_and_setns_cannot_shed_the_guard() {
     intact(&f, &out);
 }
 
+/// Unmounts (lazily) on drop.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_bind_mount_alias_of_the_protected_tree_reaches_nothing_and_mount_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let (w, prot, f) = protected();
+    // The protected directory under a second name, bound by the host before the session (the
+    // session itself cannot mount: tried below).
+    let alias = w.dir("alias");
+    let st = std::process::Command::new("mount")
+        .args(["-o", "bind"])
+        .arg(&prot)
+        .arg(&alias)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount -o bind failed");
+    let _m = Mounted(alias.clone());
+    let own = w.dir("own");
+    let script = format!(
+        "rm {a}/f; echo rm=$?; mv {a}/f {w}/moved; echo mv=$?; truncate -s 0 {a}/f; echo trunc=$?; \
+         rm -rf {a}; echo rmrf=$?; \
+         mount -o bind {p} {o}; echo mount=$?; unshare -U -r -m sh -c 'mount -o bind {p} {o} && rm {o}/f'; \
+         echo unshare_mount=$?; {ops} chattr {f}; echo end",
+        ops = common::prog("escape_ops").display(),
+        a = alias.display(),
+        w = w.work.display(),
+        p = prot.display(),
+        o = own.display(),
+        f = f.display(),
+    );
+    let (holds, out) = deny_all(&w, &[], "esc-bind", &prot, &script);
+    let s = stdout(&out);
+    assert!(s.contains("end"), "{}", text(&out));
+    assert!(
+        s.contains("chattr="),
+        "chattr was not tried\n{}",
+        text(&out)
+    );
+    for k in [
+        "rm=0",
+        "mv=0",
+        "trunc=0",
+        "rmrf=0",
+        "mount=0",
+        "unshare_mount=0",
+        "chattr=ok",
+    ] {
+        assert!(!s.contains(k), "{k}: the attempt succeeded\n{}", text(&out));
+    }
+    // The file system under both names is the same: every attempt through the alias is held
+    // (and denied) like one through the protected path.
+    let targets: Vec<&str> = holds.iter().filter_map(|h| h["target"].as_str()).collect();
+    assert!(
+        holds.len() >= 4,
+        "the attempts through the alias are held: {targets:?}\n{}",
+        text(&out)
+    );
+    intact(&f, &out);
+}
+
 #[test]
 fn bpf_perf_mount_and_namespace_syscalls_are_refused_without_a_profile() {
     if !privileged() {

@@ -552,3 +552,102 @@ fn lsm_protect_writes_holds_write_opens_and_creations() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "orig\nb\n");
     assert_eq!(std::fs::read_to_string(vault.join("new")).unwrap(), "c\n");
 }
+
+/// With the supervisor stopped, holds fill the ring buffer (1 MiB, about 950 holds); past that
+/// the hook has nowhere to report a hold and refuses the operation at once (EPERM). Nothing is
+/// destroyed, and what was recorded is decided once the supervisor runs again.
+#[test]
+fn lsm_a_full_ring_buffer_refuses_further_removals_and_destroys_nothing() {
+    if !lsm_available() {
+        return;
+    }
+    const N: usize = 1200;
+    let w = World::new();
+    let prot = w.dir("p");
+    for i in 0..N {
+        std::fs::write(prot.join(format!("f{i}")), "keep").unwrap();
+    }
+    let ready = w.work.join("ready");
+    let go = w.work.join("go");
+    let res = w.work.join("res");
+    // Each removal in its own process: a hold stops the whole process that made it.
+    let script = format!(
+        "touch {ready}; while [ ! -e {go} ]; do sleep 0.1; done; i=0; \
+         while [ $i -lt {N} ]; do (rm {p}/f$i 2>/dev/null; echo \"$i $?\" >> {res}) & i=$((i+1)); done; \
+         wait; echo end",
+        ready = ready.display(),
+        go = go.display(),
+        res = res.display(),
+        p = prot.display(),
+    );
+    let r = w.run(
+        "lsm-ring",
+        &[&prot],
+        &["--backend", "lsm", "--decision-timeout", "30m"],
+        &script,
+    );
+    let t0 = Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed() < T, "the session did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sup = r.child.id() as i32;
+    // SAFETY: plain kill.
+    assert_eq!(unsafe { libc::kill(sup, libc::SIGSTOP) }, 0);
+    std::fs::write(&go, "").unwrap();
+    // The removals past the ring buffer's room end at once; the others stay stopped. Wait until
+    // no more end for 10 s.
+    let count = || {
+        std::fs::read_to_string(&res)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let (mut last, mut since) = (0, Instant::now());
+    let t0 = Instant::now();
+    loop {
+        let n = count();
+        if n != last {
+            (last, since) = (n, Instant::now());
+        } else if n > 0 && since.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "{n} removals ended so far"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = last;
+    // SAFETY: plain kill.
+    assert_eq!(unsafe { libc::kill(sup, libc::SIGCONT) }, 0);
+    let h = w.wait_hold("lsm-ring", T);
+    w.decide("deny", h["id"].as_str().unwrap(), &["--scope", "session"]);
+    let out = r.finish(Duration::from_secs(600));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("end"),
+        "{}",
+        text(&out)
+    );
+    let results = std::fs::read_to_string(&res).unwrap();
+    let lines: Vec<&str> = results.lines().collect();
+    assert_eq!(lines.len(), N, "every removal ended");
+    assert!(
+        lines.iter().all(|l| !l.ends_with(" 0")),
+        "a removal succeeded"
+    );
+    for i in 0..N {
+        assert_eq!(
+            std::fs::read_to_string(prot.join(format!("f{i}"))).unwrap(),
+            "keep"
+        );
+    }
+    let holds = w
+        .log("lsm-ring")
+        .iter()
+        .filter(|l| l["kind"] == "hold")
+        .count();
+    eprintln!("ring buffer: {holds} holds recorded, {refused} removals refused while the supervisor was stopped");
+    assert!(refused > 0, "the ring buffer never filled: {holds} holds");
+    assert!(holds > 500, "{holds} holds recorded");
+    assert_eq!(holds + refused, N, "{holds} holds + {refused} refused");
+}

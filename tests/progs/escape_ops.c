@@ -10,6 +10,9 @@
 //          One rename(2); exit status 1 (and "rename=ERRNO") when it fails.
 //        escape_ops ptrace PID
 //          PTRACE_ATTACH to PID and opening /proc/PID/mem: "ptrace=ERRNO|0", "mem=ERRNO|ok".
+//        escape_ops chattr FILE
+//          FS_IOC_SETFLAGS on FILE toggling its append-only and immutable flags (what chattr
+//          does; needs CAP_LINUX_IMMUTABLE): "chattr=ok" or "chattr=ERRNO".
 //        escape_ops bomb SECS FILE
 //          Starts a fork bomb that does not burn out (every process forks for ever, and retries
 //          after 20 ms when fork fails: the shell's 'b(){ b|b& }; b' can die out at a tight pids
@@ -26,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/ptrace.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -112,6 +117,18 @@ static int bomb(int secs, const char *file) {
 	return 0;
 }
 
+static int chattr(const char *file) {
+	int fd = open(file, O_RDONLY);
+	int flags = 0;
+	if (fd < 0 || ioctl(fd, FS_IOC_GETFLAGS, &flags) < 0) {
+		report("chattr", -1);
+		return 0;
+	}
+	flags ^= FS_APPEND_FL | FS_IMMUTABLE_FL;
+	report("chattr", ioctl(fd, FS_IOC_SETFLAGS, &flags));
+	return 0;
+}
+
 int main(int argc, char **argv) {
 	if (argc == 4 && strcmp(argv[1], "opath") == 0)
 		return opath(argv[2], argv[3]);
@@ -131,8 +148,10 @@ int main(int argc, char **argv) {
 		report("mem", open(path, O_RDONLY));
 		return 0;
 	}
+	if (argc == 3 && strcmp(argv[1], "chattr") == 0)
+		return chattr(argv[2]);
 	if (argc == 4 && strcmp(argv[1], "bomb") == 0)
 		return bomb(atoi(argv[2]), argv[3]);
-	fprintf(stderr, "usage: escape_ops opath DIR FILE | rename SRC DST | ptrace PID | bomb SECS FILE\n");
+	fprintf(stderr, "usage: escape_ops opath DIR FILE | rename SRC DST | ptrace PID | chattr FILE | bomb SECS FILE\n");
 	return 2;
 }

@@ -443,9 +443,13 @@ impl LsmSupervisor {
         let mut ancestor_paths = StdHashMap::new();
         for (i, r) in prot.roots().iter().enumerate() {
             let i = i as u32;
-            maps.dirs
-                .insert(key(r)?, i, 0)
-                .map_err(map_err("PROT_DIRS"))?;
+            let k = key(r)?;
+            // A bind-mount alias of a root (see files::aliases) is the same directory: the
+            // hooks go by inode and need it once.
+            if maps.dirs.get(&k, 0).is_ok() {
+                continue;
+            }
+            maps.dirs.insert(k, i, 0).map_err(map_err("PROT_DIRS"))?;
             for m in mounts_below(r) {
                 if let Ok(k) = key(&m) {
                     maps.dirs.insert(k, i, 0).map_err(map_err("PROT_DIRS"))?;

@@ -85,6 +85,118 @@ fn canonical(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
     Ok(roots)
 }
 
+/// [`canonical`], plus every other path under which the mounts of this mount namespace show a
+/// root's directory (see [`aliases`]): the seccomp backend's checks and Landlock's rules go by
+/// path, so a bind mount of a protected tree (made before the session: inside, `mount` is
+/// refused and mounts do not propagate) would otherwise be an unprotected second name for it.
+fn canonical_with_aliases(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
+    let mut roots = canonical(paths)?;
+    // thread-self: the mount namespace of this thread (a test unshares one in a thread).
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/thread-self/mountinfo") else {
+        return Ok(roots);
+    };
+    let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    };
+    let extra = aliases(&roots, &mountinfo, &same);
+    roots.extend(extra);
+    roots.sort();
+    roots.dedup();
+    Ok(roots)
+}
+
+/// One line of `/proc/PID/mountinfo`: the device, the directory of the file system shown at
+/// the mount point, and the mount point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    dev: String,
+    root: PathBuf,
+    point: PathBuf,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some(MountEntry {
+                dev: f.get(2)?.to_string(),
+                root: unescape_mountinfo(f.get(3)?),
+                point: unescape_mountinfo(f.get(4)?),
+            })
+        })
+        .collect()
+}
+
+/// Other paths showing the directory of a root (or a part of it), from `mountinfo`: for a root
+/// R on mount M (the last mount whose mount point is R's longest prefix), R is directory
+/// `M.root + (R - M.point)` of its file system; every other mount N of the same device shows it
+/// at `N.point + (that - N.root)` when N shows a directory above it, and shows part of it at
+/// `N.point` when N shows a directory below it. A first-kind alias counts only when `same` says
+/// it is the root's own directory (nothing mounted over it).
+fn aliases(
+    roots: &[PathBuf],
+    mountinfo: &str,
+    same: &dyn Fn(&Path, &Path) -> bool,
+) -> Vec<PathBuf> {
+    let mounts = parse_mountinfo(mountinfo);
+    let mut out = Vec::new();
+    for r in roots {
+        let Some((mi, m)) = mounts
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| r.starts_with(&m.point))
+            .max_by_key(|(i, m)| (m.point.components().count(), *i))
+        else {
+            continue;
+        };
+        let Ok(rel) = r.strip_prefix(&m.point) else {
+            continue;
+        };
+        let in_fs = m.root.join(rel);
+        for (ni, n) in mounts.iter().enumerate() {
+            if ni == mi || n.dev != m.dev {
+                continue;
+            }
+            if let Ok(below) = in_fs.strip_prefix(&n.root) {
+                // (join("") would add a trailing '/': roots are plain paths.)
+                let alias = if below.as_os_str().is_empty() {
+                    n.point.clone()
+                } else {
+                    n.point.join(below)
+                };
+                if alias != *r && same(&alias, r) {
+                    out.push(alias);
+                }
+            } else if n.root.starts_with(&in_fs) {
+                out.push(n.point.clone());
+            }
+        }
+    }
+    out
+}
+
 /// True when `b` is an absolute path whose components are exactly its `/`-separated parts: no
 /// empty or `.` part, no trailing `/` (as the kernel names a directory handle, and such a name
 /// joined with plain names).
@@ -205,7 +317,7 @@ impl Protection {
         paths: &[PathBuf],
         patterns: Option<crate::profile::PatternSet>,
     ) -> Result<Self, FilesError> {
-        let roots = canonical(paths)?;
+        let roots = canonical_with_aliases(paths)?;
         let outer: Vec<PathBuf> = roots
             .iter()
             .filter(|r| !roots.iter().any(|o| o != *r && r.starts_with(o)))
@@ -235,7 +347,7 @@ impl Protection {
         if paths.is_empty() && patterns.is_none() {
             return Ok(self);
         }
-        let roots = canonical(paths)?;
+        let roots = canonical_with_aliases(paths)?;
         let ancestors = ancestors_of(&roots);
         self.writes = Some(Writes {
             roots,
@@ -461,6 +573,88 @@ mod tests {
             patterns: None,
             writes: None,
         }
+    }
+
+    #[test]
+    fn bind_mounts_of_a_root_or_of_a_directory_above_or_below_it_are_aliases() {
+        let mi = "\
+22 1 254:1 / / rw - ext4 /dev/vda rw
+30 22 0:30 / /tmp rw - tmpfs tmpfs rw
+40 30 0:30 /w/p /tmp/w/alias rw - tmpfs tmpfs rw
+41 22 0:30 /w /mnt/whole\\040dir rw - tmpfs tmpfs rw
+42 22 0:30 /w/p/sub /srv/sub rw - tmpfs tmpfs rw
+43 22 0:30 /w/other /srv/other rw - tmpfs tmpfs rw
+44 22 254:1 /tmp/w/p /srv/disk rw - ext4 /dev/vda rw
+";
+        let roots = [PathBuf::from("/tmp/w/p")];
+        let all = |_: &Path, _: &Path| true;
+        assert_eq!(
+            aliases(&roots, mi, &all),
+            [
+                PathBuf::from("/tmp/w/alias"),
+                PathBuf::from("/mnt/whole dir/p"),
+                PathBuf::from("/srv/sub"),
+            ]
+        );
+        // An alias path that is not the root's directory (something mounted over it) is not.
+        let none = |_: &Path, _: &Path| false;
+        assert_eq!(aliases(&roots, mi, &none), [PathBuf::from("/srv/sub")]);
+        // The root on its alias mount: the original path is found the other way round.
+        let from_alias = aliases(&[PathBuf::from("/tmp/w/alias/x")], mi, &all);
+        assert!(
+            from_alias.contains(&PathBuf::from("/tmp/w/p/x")),
+            "{from_alias:?}"
+        );
+        // Nothing else of the device: no alias.
+        assert!(aliases(&[PathBuf::from("/tmp/w/q")], mi, &all)
+            .iter()
+            .all(|a| a.ends_with("q")));
+    }
+
+    #[test]
+    fn a_bind_mount_alias_in_this_namespace_is_protected_too() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "needs root");
+            eprintln!("SKIP: needs root (mount)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("p");
+        let alias = d.path().join("alias");
+        std::fs::create_dir_all(p.join("sub")).unwrap();
+        std::fs::create_dir_all(&alias).unwrap();
+        // In a mount namespace of its own (a thread's): nothing leaks to the host.
+        let (p2, alias2) = (p.clone(), alias.clone());
+        let got = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .unwrap();
+            nix::mount::mount(
+                Some(&p2),
+                &alias2,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap();
+            let prot = Protection::new(std::slice::from_ref(&p2)).unwrap();
+            let alias = std::fs::canonicalize(&alias2).unwrap();
+            (
+                prot.classify(&alias.join("f")),
+                prot.classify(&alias),
+                prot.roots().to_vec(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got.0, Class::Protected(0), "{:?}", got.2);
+        assert!(matches!(got.1, Class::Protected(_)), "{:?}", got.2);
     }
 
     #[test]
