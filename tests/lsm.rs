@@ -555,7 +555,8 @@ fn lsm_protect_writes_holds_write_opens_and_creations() {
 
 /// With the supervisor stopped, holds fill the ring buffer (1 MiB, about 950 holds); past that
 /// the hook has nowhere to report a hold and refuses the operation at once (EPERM). Nothing is
-/// destroyed, and what was recorded is decided once the supervisor runs again.
+/// destroyed, what was recorded is decided once the supervisor runs again, and the refusals are
+/// counted into the audit log (`refused_unreported`).
 #[test]
 fn lsm_a_full_ring_buffer_refuses_further_removals_and_destroys_nothing() {
     if !lsm_available() {
@@ -641,13 +642,29 @@ fn lsm_a_full_ring_buffer_refuses_further_removals_and_destroys_nothing() {
             "keep"
         );
     }
-    let holds = w
-        .log("lsm-ring")
+    let log = w.log("lsm-ring");
+    // Recorded: a hold, or (once the session-wide denial stands) an `applied` denial.
+    let holds = log
         .iter()
-        .filter(|l| l["kind"] == "hold")
+        .filter(|l| l["kind"] == "hold" || l["kind"] == "applied")
         .count();
-    eprintln!("ring buffer: {holds} holds recorded, {refused} removals refused while the supervisor was stopped");
+    // The refusals are in the audit log too, once the supervisor runs again.
+    let unreported: u64 = log
+        .iter()
+        .filter(|l| l["kind"] == "refused_unreported")
+        .map(|l| l["count"].as_u64().unwrap())
+        .sum();
+    eprintln!("ring buffer: {holds} holds recorded (held or applied), {refused} removals refused while the supervisor was stopped");
     assert!(refused > 0, "the ring buffer never filled: {holds} holds");
     assert!(holds > 500, "{holds} holds recorded");
     assert_eq!(holds + refused, N, "{holds} holds + {refused} refused");
+    assert_eq!(
+        unreported as usize, refused,
+        "refused_unreported in the audit log"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without a hold"),
+        "{}",
+        text(&out)
+    );
 }

@@ -38,7 +38,8 @@ use crate::{
     },
     maps::{
         CONFIG, DECISIONS, DIR_CACHE, HOLD_EVENTS, NAME_PATTERNS, PENDING, PROT_ANCESTORS,
-        PROT_DIRS, PROT_INODES, RENAME_GEN, SESSION_CGROUPS, STANDING, WDIR_CACHE, WRITE_DIRS,
+        PROT_DIRS, PROT_INODES, REFUSED, RENAME_GEN, SESSION_CGROUPS, STANDING, WDIR_CACHE,
+        WRITE_DIRS,
     },
 };
 
@@ -87,9 +88,19 @@ fn generation() -> u64 {
 
 /// Invalidates every cached directory verdict (a directory may have moved or been freed).
 fn bump_generation() {
-    if let Some(p) = RENAME_GEN.get_ptr_mut(0) {
+    atomic_inc(RENAME_GEN.get_ptr_mut(0));
+}
+
+/// Counts an operation refused because its hold could not be reported (see `REFUSED`).
+fn count_refused() {
+    atomic_inc(REFUSED.get_ptr_mut(0));
+}
+
+fn atomic_inc(slot: Option<*mut u64>) {
+    if let Some(p) = slot {
         // An atomic add (BPF_ATOMIC_ADD): `AtomicU64::fetch_add` is not offered for this target,
-        // and a plain increment could lose a bump and leave a stale verdict valid.
+        // and a plain increment could lose a count (for RENAME_GEN: leave a stale verdict
+        // valid).
         // SAFETY: a valid, aligned array slot.
         unsafe {
             core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
@@ -525,11 +536,13 @@ pub fn hold_key(op: u32, k: InodeKey, m: Match, describe: impl FnOnce(*mut HoldR
         ino: k.ino,
     };
     if PENDING.insert(tid, p, 0).is_err() {
+        count_refused();
         return -EPERM;
     }
     let Some(mut entry) = HOLD_EVENTS.reserve::<HoldRecord>(0) else {
         // Nobody would hear of this hold: fail closed.
         let _ = PENDING.remove(tid);
+        count_refused();
         return -EPERM;
     };
     let rec: *mut HoldRecord = entry.as_mut_ptr();

@@ -54,6 +54,11 @@ pub static STANDING: HashMap<StandingKey, u32> = HashMap::with_max_entries(16384
 #[map]
 pub static HOLD_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
+/// Operations refused with EPERM because their hold could not be reported (`HOLD_EVENTS` full,
+/// or no `PENDING` slot left): a count the user side puts in the audit log.
+#[map]
+pub static REFUSED: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Walk results of recently seen directories, so that removing many files of one directory walks
 /// its `d_parent` chain once. An entry counts only while its generation is `RENAME_GEN`'s.
 #[map]

@@ -92,6 +92,24 @@ impl Reporter {
         self.audit.append(kind, fields)
     }
 
+    /// The kernel refused `new` operations (EPERM) without holding them, because it could not
+    /// report the holds (the LSM backend's hold queue was full: the supervisor did not read it
+    /// in time); `total` in this session. Recorded, and said on stderr even when quiet.
+    pub fn refused_unreported(&self, new: u64, total: u64) {
+        self.record(
+            "refused_unreported",
+            json!({
+                "count": new,
+                "total": total,
+                "reason": "the kernel's queue of holds was full: the operations failed with EPERM and nobody was asked",
+            }),
+        );
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "\r\nsandbox: {new} operation(s) refused (EPERM) without a hold: the kernel's queue of holds was full\r"
+        );
+    }
+
     /// A new hold waits for a human. Returns false when the hold could not be written to the
     /// audit log: the caller must then deny it at once (fail closed; see [`UNRECORDED`]).
     #[must_use = "a hold that is not in the audit log must be denied"]

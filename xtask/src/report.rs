@@ -337,7 +337,7 @@ pub fn document(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "## Targets\n\nFrom DESIGN.md \"Performance targets\" and the issue \"Benchmarks\".\n\n{}",
+        "## Targets\n\nFrom DESIGN.md \"Performance targets\" and the issue \"Benchmarks\". Why each missed target is missed: `PERFORMANCE.md` (written by hand).\n\n{}",
         checks(&r.checks)
     );
     let _ = writeln!(s, "## Spread\n\n{}", spread(&r.rows));

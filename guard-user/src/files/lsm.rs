@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, MapData, MapError, RingBuf};
+use aya::maps::{Array, HashMap, MapData, MapError, RingBuf};
 use aya::programs::{BtfTracePoint, Lsm, ProgramError};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use guard_common::files::{
@@ -266,6 +266,8 @@ pub struct LsmPending {
 }
 
 struct Maps {
+    /// Operations the hooks refused because they could not report the hold.
+    refused: Array<MapData, u64>,
     sessions: HashMap<MapData, u64, u32>,
     dirs: HashMap<MapData, InodeKey, u32>,
     inodes: HashMap<MapData, InodeKey, u32>,
@@ -282,6 +284,8 @@ pub struct LsmSupervisor {
     report: Arc<Reporter>,
     maps: Mutex<Maps>,
     events: Mutex<RingBuf<MapData>>,
+    /// `REFUSED` as last reported.
+    refused_seen: std::sync::atomic::AtomicU64,
     ancestor_paths: StdHashMap<(u32, u64), PathBuf>,
     /// Owns the programs and links; last, so maps close first.
     _ebpf: Ebpf,
@@ -432,6 +436,7 @@ impl LsmSupervisor {
             p.attach().map_err(err)?;
         }
         let mut maps = Maps {
+            refused: take(&mut ebpf, "REFUSED", Array::try_from)?,
             sessions: take(&mut ebpf, "SESSION_CGROUPS", HashMap::try_from)?,
             dirs: take(&mut ebpf, "PROT_DIRS", HashMap::try_from)?,
             inodes: take(&mut ebpf, "PROT_INODES", HashMap::try_from)?,
@@ -527,6 +532,7 @@ impl LsmSupervisor {
             report,
             maps: Mutex::new(maps),
             events: Mutex::new(events),
+            refused_seen: std::sync::atomic::AtomicU64::new(0),
             ancestor_paths,
             _ebpf: ebpf,
         })
@@ -559,6 +565,20 @@ impl LsmSupervisor {
             for r in recs {
                 self.on_hold(&r);
             }
+            self.report_refused();
+        }
+        self.report_refused();
+    }
+
+    /// Puts the operations the hooks refused unreported (ring buffer full) in the audit log.
+    fn report_refused(&self) {
+        use std::sync::atomic::Ordering;
+        let Ok(total) = self.maps().refused.get(&0, 0) else {
+            return;
+        };
+        let seen = self.refused_seen.swap(total, Ordering::SeqCst);
+        if total > seen {
+            self.report.refused_unreported(total - seen, total);
         }
     }
 
