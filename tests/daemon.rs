@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -816,4 +817,57 @@ fn a_process_inside_a_session_cannot_start_sessions_through_the_daemon() {
     assert!(out(&o).contains("inside a sandbox session"), "{}", text(&o));
     let _ = outer.kill();
     let _ = outer.wait();
+}
+
+#[test]
+fn ld_preload_from_the_client_reaches_the_command_and_no_root_process() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let marks = w.tmp.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let lib = w.tmp.path().join("preload_mark.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/progs/lib/preload_mark.c");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2"])
+        .arg(format!("-DMARK_DIR=\"{}\"", marks.display()))
+        .arg("-o")
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .expect("cc");
+    assert!(st.success(), "cc {}", src.display());
+    let _d = Daemon::start(&w);
+    let s = name("preload");
+    // The member's client sets LD_PRELOAD (and LD_LIBRARY_PATH, GCONV_PATH, ...) for the daemon
+    // to pass on: the daemon, the session's supervisor and its helpers run as root.
+    let child = as_user(
+        &w,
+        UID,
+        &[MEMBERS],
+        &["run", "--session", &s, "--", "sh", "-c", "true"],
+    )
+    .env("LD_PRELOAD", &lib)
+    .env("LD_LIBRARY_PATH", w.tmp.path())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let o = finish(child, T);
+    assert!(o.status.success(), "{}", text(&o));
+    let names: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    // Not vacuous: the command itself loaded the library, as the user.
+    assert!(
+        names.iter().any(|n| n == &format!("{UID}-sh")),
+        "the command did not get LD_PRELOAD: {names:?}"
+    );
+    assert!(
+        names.iter().all(|n| !n.starts_with("0-")),
+        "a root process loaded the client's LD_PRELOAD: {names:?}"
+    );
 }

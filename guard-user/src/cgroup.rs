@@ -37,8 +37,7 @@ pub fn find_pids_v1(mountinfo: &str) -> Option<PathBuf> {
         let fstype = post.next()?;
         let opts = post.nth(1)?;
         let mnt = pre.split_whitespace().nth(4)?;
-        (fstype == "cgroup" && opts.split(',').any(|o| o == "pids"))
-            .then(|| PathBuf::from(unescape(mnt)))
+        (fstype == "cgroup" && opts.split(',').any(|o| o == "pids")).then(|| unescape(mnt))
     })
 }
 
@@ -50,7 +49,7 @@ pub fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
             let (pre, post) = l.split_once(" - ")?;
             let fstype = post.split_whitespace().next()?;
             let mnt = pre.split_whitespace().nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(unescape(mnt)))
+            matches!(fstype, "cgroup" | "cgroup2").then(|| unescape(mnt))
         })
         .collect()
 }
@@ -61,12 +60,13 @@ pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
         let (pre, post) = l.split_once(" - ")?;
         let fstype = post.split_whitespace().next()?;
         let mnt = pre.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape(mnt)))
+        (fstype == "cgroup2").then(|| unescape(mnt))
     })
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
+/// A path from mountinfo, where space, tab, newline and backslash are escaped as octal.
+pub(crate) fn unescape(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -75,15 +75,14 @@ fn unescape(s: &str) -> String {
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// The parent of all session cgroups, below the cgroup2 mount.
@@ -333,7 +332,7 @@ mod tests {
 
     #[test]
     fn unescapes_octal_in_mount_points() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/a\\040b"), PathBuf::from("/a b"));
     }
 
     #[test]

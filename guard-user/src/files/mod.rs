@@ -115,35 +115,14 @@ struct MountEntry {
     point: PathBuf,
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mountinfo(s: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
 fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             Some(MountEntry {
                 dev: f.get(2)?.to_string(),
-                root: unescape_mountinfo(f.get(3)?),
-                point: unescape_mountinfo(f.get(4)?),
+                root: crate::cgroup::unescape(f.get(3)?),
+                point: crate::cgroup::unescape(f.get(4)?),
             })
         })
         .collect()
