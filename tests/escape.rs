@@ -468,6 +468,17 @@ fn a_bind_mount_alias_of_the_protected_tree_reaches_nothing_and_mount_is_refused
     }
     // The file system under both names is the same: every attempt through the alias is held
     // (and denied) like one through the protected path.
+    let log = w.log("esc-bind");
+    assert_eq!(
+        log[0]["protected_aliases"],
+        serde_json::json!([std::fs::canonicalize(&alias).unwrap().display().to_string()]),
+        "session_start names the alias"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 protected path and 1 bind-mount alias"),
+        "{}",
+        text(&out)
+    );
     let targets: Vec<&str> = holds.iter().filter_map(|h| h["target"].as_str()).collect();
     assert!(
         holds.len() >= 4,

@@ -815,7 +815,7 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     report.try_record(
         "session_start",
         json!({"command": cmd_str, "user": ident.name, "uid": ident.uid, "gid": ident.gid,
-               "protected": prot.roots(), "backend": backend_name, "lsm_refused": lsm_refused, "decision_timeout_s": timeout.as_secs_f64(),
+               "protected": prot.roots(), "protected_aliases": prot.aliases(), "backend": backend_name, "lsm_refused": lsm_refused, "decision_timeout_s": timeout.as_secs_f64(),
                "profile": args.profile, "profile_sources": profile.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                "risk": {"must_survive": profile.risk.must_survive, "rollback": profile.risk.rollback},
                "protect_patterns": profile.files.protect_patterns.patterns(), "skipped_missing": skipped,
@@ -833,13 +833,18 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
     )?;
     if !args.quiet {
         let pats = profile.files.protect_patterns.patterns().len();
+        let given = prot.roots().len() - prot.aliases().len();
         eprintln!(
-            "sandbox: session {session} as {} (profile {}, backend {}, {} protected path{}{}); decide holds with `sudo sandbox pending`",
+            "sandbox: session {session} as {} (profile {}, backend {}, {} protected path{}{}{}); decide holds with `sudo sandbox pending`",
             ident.name,
             args.profile.as_deref().unwrap_or("none"),
             if backend == Backend::Lsm { "lsm" } else { "seccomp+landlock" },
-            prot.roots().len(),
-            if prot.roots().len() == 1 { "" } else { "s" },
+            given,
+            if given == 1 { "" } else { "s" },
+            match prot.aliases().len() {
+                0 => String::new(),
+                n => format!(" and {n} bind-mount alias{}", if n == 1 { "" } else { "es" }),
+            },
             if pats > 0 { format!(", {pats} pattern{}", if pats == 1 { "" } else { "s" }) } else { String::new() },
         );
         match net_mode {

@@ -90,20 +90,24 @@ fn canonical(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
 /// path, so a bind mount of a protected tree (made before the session: inside, `mount` is
 /// refused and mounts do not propagate) would otherwise be an unprotected second name for it.
 fn canonical_with_aliases(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
-    let mut roots = canonical(paths)?;
+    let given = canonical(paths)?;
+    Ok(with_aliases(&given))
+}
+
+/// `roots` and their aliases (see [`canonical_with_aliases`]), sorted and without repeats.
+fn with_aliases(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut all = roots.to_vec();
     // thread-self: the mount namespace of this thread (a test unshares one in a thread).
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/thread-self/mountinfo") else {
-        return Ok(roots);
-    };
-    let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    };
-    let extra = aliases(&roots, &mountinfo, &same);
-    roots.extend(extra);
-    roots.sort();
-    roots.dedup();
-    Ok(roots)
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/thread-self/mountinfo") {
+        let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        };
+        all.extend(aliases(roots, &mountinfo, &same));
+    }
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// One line of `/proc/PID/mountinfo`: the device, the directory of the file system shown at
@@ -225,6 +229,8 @@ pub(crate) fn multi_linked(root: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
 #[derive(Debug)]
 pub struct Protection {
     roots: Vec<PathBuf>,
+    /// The roots that are bind-mount aliases of the given ones (see [`canonical_with_aliases`]).
+    aliases: Vec<PathBuf>,
     /// Proper ancestors of the roots: directories whose direct entries Landlock cannot grant.
     ancestors: HashSet<PathBuf>,
     /// Protected inodes with more than one hard link: (st_dev, st_ino) -> root index.
@@ -296,15 +302,22 @@ impl Protection {
         paths: &[PathBuf],
         patterns: Option<crate::profile::PatternSet>,
     ) -> Result<Self, FilesError> {
-        let roots = canonical_with_aliases(paths)?;
+        let given = canonical(paths)?;
+        let roots = with_aliases(&given);
         let outer: Vec<PathBuf> = roots
             .iter()
             .filter(|r| !roots.iter().any(|o| o != *r && r.starts_with(o)))
             .cloned()
             .collect();
+        let aliases = outer
+            .iter()
+            .filter(|r| !given.contains(r))
+            .cloned()
+            .collect();
         let ancestors = ancestors_of(&outer);
         let prot = Protection {
             roots: outer,
+            aliases,
             ancestors,
             linked: Mutex::new(HashMap::new()),
             patterns: patterns.filter(|p| !p.is_empty()),
@@ -436,6 +449,11 @@ impl Protection {
         self.ancestors.iter().map(PathBuf::as_path)
     }
 
+    /// The roots that are other names (bind mounts) of the protected paths given.
+    pub fn aliases(&self) -> &[PathBuf] {
+        &self.aliases
+    }
+
     /// Classifies a canonical absolute path.
     pub fn classify(&self, path: &Path) -> Class {
         use std::os::unix::ffi::OsStrExt;
@@ -547,6 +565,7 @@ mod tests {
         let ancestors = ancestors_of(&roots);
         Protection {
             roots,
+            aliases: Vec::new(),
             ancestors,
             linked: Mutex::new(HashMap::new()),
             patterns: None,
@@ -628,12 +647,14 @@ mod tests {
                 prot.classify(&alias.join("f")),
                 prot.classify(&alias),
                 prot.roots().to_vec(),
+                prot.aliases() == [alias.clone()],
             )
         })
         .join()
         .unwrap();
         assert_eq!(got.0, Class::Protected(0), "{:?}", got.2);
         assert!(matches!(got.1, Class::Protected(_)), "{:?}", got.2);
+        assert!(got.3, "the alias is recorded as one: {:?}", got.2);
     }
 
     #[test]
