@@ -198,11 +198,12 @@ pub fn cmd_daemon(args: &DaemonArgs) -> Result<u8, DaemonError> {
     crate::launch::ensure_state_dir(&state)
         .map_err(|e| sys(format!("state directory {}", state.display()))(e))?;
     let exe = std::fs::read_link("/proc/self/exe").map_err(sys("read /proc/self/exe"))?;
+    // Before the socket exists: whoever can connect sees the logs already completed.
+    recover(&crate::audit::log_dir(), &state);
     let listener = match activated_listener() {
         Some(l) => l,
         None => bind(args.socket.clone().unwrap_or_else(socket_path), users_gid)?,
     };
-    recover(&crate::audit::log_dir(), &state);
     eprintln!(
         "sandbox daemon: listening (sessions for gid {users_gid}, approvers {}), binary {}",
         approvers_gid.map_or("root only".to_string(), |g| format!("gid {g}")),
