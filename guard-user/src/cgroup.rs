@@ -31,58 +31,27 @@ pub enum CgroupError {
 /// Finds the mount point of the cgroup v1 hierarchy the pids controller is bound to, in a
 /// mountinfo text (hybrid layouts keep it there rather than on cgroup2).
 pub fn find_pids_v1(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mut post = post.split_whitespace();
-        let fstype = post.next()?;
-        let opts = post.nth(1)?;
-        let mnt = pre.split_whitespace().nth(4)?;
-        (fstype == "cgroup" && opts.split(',').any(|o| o == "pids")).then(|| unescape(mnt))
-    })
+    crate::mountinfo::parse(mountinfo)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup" && m.super_opts.split(',').any(|o| o == "pids"))
+        .map(|m| m.point)
 }
 
 /// Every cgroup (v1 and v2) mount point in a mountinfo text.
 pub fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let fstype = post.split_whitespace().next()?;
-            let mnt = pre.split_whitespace().nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| unescape(mnt))
-        })
+    crate::mountinfo::parse(mountinfo)
+        .into_iter()
+        .filter(|m| matches!(m.fstype.as_str(), "cgroup" | "cgroup2"))
+        .map(|m| m.point)
         .collect()
 }
 
 /// Finds the cgroup2 mount point in a mountinfo text.
 pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        let mnt = pre.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| unescape(mnt))
-    })
-}
-
-/// A path from mountinfo, where space, tab, newline and backslash are escaped as octal.
-pub(crate) fn unescape(s: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    crate::mountinfo::parse(mountinfo)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.point)
 }
 
 /// The parent of all session cgroups, below the cgroup2 mount.
@@ -328,11 +297,6 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/unified")
             ]
         );
-    }
-
-    #[test]
-    fn unescapes_octal_in_mount_points() {
-        assert_eq!(unescape("/a\\040b"), PathBuf::from("/a b"));
     }
 
     #[test]

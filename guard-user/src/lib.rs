@@ -25,6 +25,8 @@ pub mod hold;
 #[cfg(fuzzing)]
 mod launch;
 #[cfg(fuzzing)]
+mod mountinfo;
+#[cfg(fuzzing)]
 mod netguard;
 #[cfg(fuzzing)]
 mod netns;

@@ -10,6 +10,7 @@ mod exec;
 mod files;
 mod hold;
 mod launch;
+mod mountinfo;
 mod netguard;
 mod netns;
 mod notify;

@@ -365,11 +365,9 @@ fn fill_patterns(ebpf: &mut Ebpf, prot: &Protection) -> Result<(), LsmError> {
 
 /// Mount points strictly below `root` (their file systems' roots end a `d_parent` walk).
 fn mounts_below(root: &std::path::Path) -> Vec<PathBuf> {
-    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    mi.lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+    crate::mountinfo::own()
+        .into_iter()
+        .map(|m| m.point)
         .filter(|m| m != root && m.starts_with(root))
         .collect()
 }

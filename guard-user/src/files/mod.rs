@@ -85,54 +85,24 @@ fn canonical(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
     Ok(roots)
 }
 
-/// [`canonical`], plus every other path under which the mounts of this mount namespace show a
-/// root's directory (see [`aliases`]): the seccomp backend's checks and Landlock's rules go by
-/// path, so a bind mount of a protected tree (made before the session: inside, `mount` is
-/// refused and mounts do not propagate) would otherwise be an unprotected second name for it.
-fn canonical_with_aliases(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FilesError> {
-    let given = canonical(paths)?;
-    Ok(with_aliases(&given))
-}
-
-/// `roots` and their aliases (see [`canonical_with_aliases`]), sorted and without repeats.
+/// `roots` plus every other path under which the mounts of this mount namespace show a root's
+/// directory (see [`aliases`]), sorted and without repeats: the seccomp backend's checks and
+/// Landlock's rules go by path, so a bind mount of a protected tree (made before the session:
+/// inside, `mount` is refused and mounts do not propagate) would otherwise be an unprotected
+/// second name for it.
 fn with_aliases(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    };
     let mut all = roots.to_vec();
-    // thread-self: the mount namespace of this thread (a test unshares one in a thread).
-    if let Ok(mountinfo) = std::fs::read_to_string("/proc/thread-self/mountinfo") {
-        let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
-            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-            _ => false,
-        };
-        all.extend(aliases(roots, &mountinfo, &same));
-    }
+    all.extend(aliases(roots, &crate::mountinfo::own(), &same));
     all.sort();
     all.dedup();
     all
 }
 
-/// One line of `/proc/PID/mountinfo`: the device, the directory of the file system shown at
-/// the mount point, and the mount point.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MountEntry {
-    dev: String,
-    root: PathBuf,
-    point: PathBuf,
-}
-
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            Some(MountEntry {
-                dev: f.get(2)?.to_string(),
-                root: crate::cgroup::unescape(f.get(3)?),
-                point: crate::cgroup::unescape(f.get(4)?),
-            })
-        })
-        .collect()
-}
-
-/// Other paths showing the directory of a root (or a part of it), from `mountinfo`: for a root
+/// Other paths showing the directory of a root (or a part of it), from `mounts`: for a root
 /// R on mount M (the last mount whose mount point is R's longest prefix), R is directory
 /// `M.root + (R - M.point)` of its file system; every other mount N of the same device shows it
 /// at `N.point + (that - N.root)` when N shows a directory above it, and shows part of it at
@@ -140,10 +110,9 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 /// it is the root's own directory (nothing mounted over it).
 fn aliases(
     roots: &[PathBuf],
-    mountinfo: &str,
+    mounts: &[crate::mountinfo::Mount],
     same: &dyn Fn(&Path, &Path) -> bool,
 ) -> Vec<PathBuf> {
-    let mounts = parse_mountinfo(mountinfo);
     let mut out = Vec::new();
     for r in roots {
         let Some((mi, m)) = mounts
@@ -229,7 +198,7 @@ pub(crate) fn multi_linked(root: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
 #[derive(Debug)]
 pub struct Protection {
     roots: Vec<PathBuf>,
-    /// The roots that are bind-mount aliases of the given ones (see [`canonical_with_aliases`]).
+    /// The roots that are bind-mount aliases of the given ones (see [`with_aliases`]).
     aliases: Vec<PathBuf>,
     /// Proper ancestors of the roots: directories whose direct entries Landlock cannot grant.
     ancestors: HashSet<PathBuf>,
@@ -339,7 +308,7 @@ impl Protection {
         if paths.is_empty() && patterns.is_none() {
             return Ok(self);
         }
-        let roots = canonical_with_aliases(paths)?;
+        let roots = with_aliases(&canonical(paths)?);
         let ancestors = ancestors_of(&roots);
         self.writes = Some(Writes {
             roots,
@@ -584,6 +553,7 @@ mod tests {
 43 22 0:30 /w/other /srv/other rw - tmpfs tmpfs rw
 44 22 254:1 /tmp/w/p /srv/disk rw - ext4 /dev/vda rw
 ";
+        let mi = &crate::mountinfo::parse(mi);
         let roots = [PathBuf::from("/tmp/w/p")];
         let all = |_: &Path, _: &Path| true;
         assert_eq!(
