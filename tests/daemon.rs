@@ -829,16 +829,15 @@ fn ld_preload_from_the_client_reaches_the_command_and_no_root_process() {
     std::fs::create_dir_all(&marks).unwrap();
     std::fs::set_permissions(&marks, std::fs::Permissions::from_mode(0o777)).unwrap();
     let lib = w.tmp.path().join("preload_mark.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/progs/lib/preload_mark.c");
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2"])
-        .arg(format!("-DMARK_DIR=\"{}\"", marks.display()))
-        .arg("-o")
-        .arg(&lib)
-        .arg(&src)
-        .status()
-        .expect("cc");
-    assert!(st.success(), "cc {}", src.display());
+    common::cc(
+        Path::new("tests/progs/lib/preload_mark.c"),
+        &lib,
+        &[
+            "-shared",
+            "-fPIC",
+            &format!("-DMARK_DIR=\"{}\"", marks.display()),
+        ],
+    );
     let _d = Daemon::start(&w);
     let s = name("preload");
     // The member's client sets LD_PRELOAD (and LD_LIBRARY_PATH, GCONV_PATH, ...) for the daemon

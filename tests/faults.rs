@@ -20,14 +20,7 @@ const T: Duration = Duration::from_secs(120);
 /// `xtask/progs/hold_victim.c`, compiled into the world's directory (removed with it).
 fn victim(w: &World) -> PathBuf {
     let out = w.tmp.path().join("hold_victim");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/progs/hold_victim.c");
-    let st = Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("run cc (install gcc)");
-    assert!(st.success(), "compiling {} failed", src.display());
+    common::cc(Path::new("xtask/progs/hold_victim.c"), &out, &[]);
     out
 }
 

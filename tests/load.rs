@@ -9,7 +9,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::load::{self, LoadSpec};
 use common::{privileged, World, UID};
@@ -26,14 +25,7 @@ fn a_thousand_holds_per_second_for_seconds_none_lost_none_misattributed() {
         .unwrap();
     std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let victim = bin.path().join("hold_victim");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/progs/hold_victim.c");
-    let st = Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&victim)
-        .arg(&src)
-        .status()
-        .expect("run cc (install gcc)");
-    assert!(st.success());
+    common::cc(Path::new("xtask/progs/hold_victim.c"), &victim, &[]);
     let spec = LoadSpec {
         sandbox: common::bin().into(),
         victim,

@@ -414,19 +414,25 @@ pub fn prog(name: &str) -> PathBuf {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let out = dir.path().join(name);
     if !out.exists() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/progs")
-            .join(format!("{name}.c"));
-        let st = Command::new("cc")
-            .args(["-O2", "-pthread", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .args(prog_libs(name))
-            .status()
-            .expect("run cc (install gcc)");
-        assert!(st.success(), "compiling {} failed", src.display());
+        let src = Path::new("tests/progs").join(format!("{name}.c"));
+        cc(&src, &out, prog_libs(name));
     }
     out
+}
+
+/// Compiles C file `src` (a path relative to the workspace root) to `out` with `-O2 -pthread`
+/// and `extra` arguments (libraries, `-shared`, `-D...`); panics when it fails.
+pub fn cc(src: &Path, out: &Path, extra: &[&str]) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(src);
+    let st = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(out)
+        .arg(&src)
+        // After the source: libraries must follow what uses them.
+        .args(extra)
+        .status()
+        .expect("run cc (install gcc)");
+    assert!(st.success(), "compiling {} failed", src.display());
 }
 
 /// True when every program in `tools` is on PATH (and, for Python modules given as
