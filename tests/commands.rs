@@ -244,37 +244,72 @@ fn held_through_env() {
     through("cmd-env", "env TF_LOG=1 terraform destroy -auto-approve");
 }
 
-/// A symbolic link of another name to a held binary: the kernel knows the executable file by
-/// its own name. (The stand-in here is compiled: for a `#!` script reached through such a link
-/// the kernel keeps no trace of the script's name; README: Destructive commands.)
-#[test]
-fn held_through_a_symlink_with_another_name() {
+/// A symbolic link of another name to the held program: `tf destroy -auto-approve` runs the
+/// stand-in, a `#!` script (`script`) or a compiled program. Denied, then approved.
+fn through_a_link(session: &str, script: bool) {
     if !privileged() {
         return;
     }
     let t = tf();
     let prog = t.bin.join("terraform");
-    std::fs::remove_file(&prog).unwrap();
-    std::fs::copy(common::prog("tf_bin"), &prog).unwrap();
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
-    common::chown(&prog);
+    if !script {
+        std::fs::remove_file(&prog).unwrap();
+        std::fs::copy(common::prog("tf_bin"), &prog).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        common::chown(&prog);
+    }
     std::os::unix::fs::symlink(&prog, t.bin.join("tf")).unwrap();
     common::chown(&t.bin.join("tf"));
     let how = "tf destroy -auto-approve";
     let (holds, out) = t.session(
-        "cmd-link",
-        &format!("{how}; echo first=$?; {how}; echo second=$?"),
+        session,
+        &format!("{how}; echo first=$?; {how}; echo second=$?; tf plan; echo third=$?"),
         &["deny", "approve"],
     );
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(
-        s.contains("first=137") && s.contains("second=0"),
+        s.contains("first=137") && s.contains("second=0") && s.contains("third=0"),
         "{}",
         text(&out)
     );
-    assert_eq!(t.ran(), vec!["destroy -auto-approve"], "{}", text(&out));
+    assert_eq!(
+        t.ran(),
+        vec!["destroy -auto-approve", "plan"],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(holds_in_log(&t.w, session), 2, "{}", text(&out));
     assert_eq!(holds[0]["rule"], "commands.hold: terraform destroy");
-    assert_eq!(holds[0]["target"], "tf destroy -auto-approve");
+    // A script's own argv[0] is gone (the kernel passes the path it was given instead).
+    assert!(
+        holds[0]["target"]
+            .as_str()
+            .unwrap()
+            .ends_with("tf destroy -auto-approve"),
+        "{}",
+        holds[0]
+    );
+    assert!(
+        holds[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("program {}", prog.display())),
+        "{}",
+        holds[0]
+    );
+}
+
+/// The `#!` script through a link: the kernel side names the script's own file, which the
+/// exec let go (the executable is the interpreter).
+#[test]
+fn held_through_a_symlink_with_another_name() {
+    through_a_link("cmd-link", true);
+}
+
+/// A compiled program through a link: the kernel knows the executable file by its own name.
+#[test]
+fn a_binary_is_held_through_a_symlink_with_another_name() {
+    through_a_link("cmd-link-bin", false);
 }
 
 #[test]
@@ -376,9 +411,12 @@ fn unrelated_execs_are_not_stopped_and_job_control_works() {
         return;
     }
     let t = tf();
+    // An unrelated `#!` script: the kernel side names its file and lets it run.
+    let other = t.w.file("bin/other", "#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (_, out) = t.session(
         "cmd-free",
-        "for i in 1 2 3; do /bin/true; done; terraform plan; \
+        "for i in 1 2 3; do /bin/true; other; done; terraform plan; \
          sleep 5 & p=$!; kill -STOP $p; sleep 0.3; kill -CONT $p; echo cont=$?; kill $p; echo ok",
         &[],
     );
@@ -396,6 +434,15 @@ fn unrelated_execs_are_not_stopped_and_job_control_works() {
     assert_eq!(trues.len(), 3, "{execs:?}");
     assert!(
         trues.iter().all(|e| e.get("stopped").is_none()),
+        "{execs:?}"
+    );
+    let others: Vec<&Value> = execs
+        .iter()
+        .filter(|e| e["filename"].as_str().unwrap_or("").ends_with("/other"))
+        .collect();
+    assert_eq!(others.len(), 3, "{execs:?}");
+    assert!(
+        others.iter().all(|e| e.get("stopped").is_none()),
         "{execs:?}"
     );
     let tf: Vec<&Value> = execs

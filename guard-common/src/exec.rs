@@ -11,8 +11,12 @@ pub const EXEC_ARGS_LEN: usize = 512;
 
 /// Value type of the `SESSION_CGROUPS` map: flags of a watched cgroup (cgroup v2 id as key).
 ///
-/// No flag is defined yet; a watched cgroup with flags `0` is observed only.
+/// A watched cgroup with flags `0` is observed only (and programs `HELD_NAMES` names stopped).
 pub type SessionFlags = u32;
+
+/// `SessionFlags`: the session has `[commands] hold` rules. A script whose own file could not
+/// be named at exec is stopped for the user side to look at (see `c/exec_read.c`).
+pub const SESSION_HOLDS_COMMANDS: SessionFlags = 1;
 
 /// `ExecRecord::flags`: one of the program's names is in `HELD_NAMES`: the eBPF program stopped
 /// the new image (SIGSTOP, before its first instruction) and recorded it in `HELD_PIDS`; the user

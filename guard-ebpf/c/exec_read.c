@@ -28,9 +28,32 @@ struct mm_struct___exec {
 	struct file___exec *exe_file;
 } __attribute__((preserve_access_index));
 
+// The kernel's `struct callback_head` (alias `rcu_head`): an entry of a task's task_works list.
+struct callback_head___exec {
+	struct callback_head___exec *next;
+	void *func;
+} __attribute__((preserve_access_index));
+
 struct task_struct___exec {
 	struct mm_struct___exec *mm;
 	char comm[16];
+	struct callback_head___exec *task_works;
+} __attribute__((preserve_access_index));
+
+// Where a struct file keeps the task_work entry its last fput() queues (____fput), by kernel:
+// `f_task_work` (6.12 on), `f_rcuhead` (6.1 to 6.11), `f_u.fu_rcuhead` (before).
+struct file___tw {
+	struct callback_head___exec f_task_work;
+} __attribute__((preserve_access_index));
+
+struct file___rh {
+	struct callback_head___exec f_rcuhead;
+} __attribute__((preserve_access_index));
+
+struct file___fu {
+	union {
+		struct callback_head___exec fu_rcuhead;
+	} f_u;
 } __attribute__((preserve_access_index));
 
 struct linux_binprm___exec {
@@ -54,6 +77,13 @@ static long (*const bpf_probe_read_kernel_str)(void *dst, __u32 size, const void
 // interpreter path is still known by the executable's own name, h[2]).
 #define INTERP_LEN 128
 #define LAST_SCAN 64
+// Entries of the task_works list looked at (see guard_exec_hashes), and so the most names of
+// files an exec let go that are returned.
+#define WORKS_MAX 8
+
+// __builtin_preserve_field_info kinds (libbpf's bpf_core_read.h).
+#define FIELD_BYTE_OFFSET 0
+#define FIELD_EXISTS 2
 
 // An index into the interpreter buffer, masked after an optimization barrier: clang would
 // otherwise drop the mask where it can prove the bound, and 6.1's verifier cannot follow
@@ -69,6 +99,12 @@ struct guard_exec_hashes {
 	// h[1]: the last component of bprm->interp when a script's interpreter was run (else 0);
 	// h[2]: the name of the executable file itself (mm->exe_file: symbolic links resolved).
 	__u64 h[3];
+	// For a script: the names of the files whose last reference this exec dropped (the
+	// script's own file among them: symbolic links resolved), `nfiles` of them.
+	__u64 files[WORKS_MAX];
+	__u32 nfiles;
+	// 1 when the task_works list was read to its end (every such file is in `files`).
+	__u32 walked;
 };
 
 static __u64 hash_name(const unsigned char *s, __u32 n)
@@ -83,9 +119,66 @@ static __u64 hash_name(const unsigned char *s, __u32 n)
 	return h;
 }
 
+// The offset of the task_work entry in the kernel's struct file, -1 if not known.
+static long file_work_offset(void)
+{
+	if (__builtin_preserve_field_info(((struct file___tw *)0)->f_task_work, FIELD_EXISTS))
+		return __builtin_preserve_field_info(((struct file___tw *)0)->f_task_work, FIELD_BYTE_OFFSET);
+	if (__builtin_preserve_field_info(((struct file___rh *)0)->f_rcuhead, FIELD_EXISTS))
+		return __builtin_preserve_field_info(((struct file___rh *)0)->f_rcuhead, FIELD_BYTE_OFFSET);
+	if (__builtin_preserve_field_info(((struct file___fu *)0)->f_u.fu_rcuhead, FIELD_EXISTS))
+		return __builtin_preserve_field_info(((struct file___fu *)0)->f_u.fu_rcuhead, FIELD_BYTE_OFFSET);
+	return -1;
+}
+
+// The names of the files the current exec let go, from `task`'s task_works list.
+//
+// A script's own file is gone by sched_process_exec: the kernel ran its interpreter and dropped
+// the script's struct file (exec_binprm). The last fput() of a file in a user task does not free
+// it at once: it queues ____fput on the task's task_works list, run on the way back to user
+// mode, that is after this program. So the script's file, symbolic links resolved, is still
+// there: the entry is embedded in the struct file. The list may hold other entries too (files
+// closed on exec, a previous image's executable, other kinds of work): every entry is read as
+// a file; an entry that is not one gives an unreadable or meaningless name, which only ever
+// costs a check in user space. Returns 1 when the list was read to its end.
+static int released_files(const struct task_struct___exec *task, struct guard_exec_hashes *res,
+			  __u32 *nfiles)
+{
+	long off = file_work_offset();
+	struct callback_head___exec *cb = 0;
+	__u32 n = 0;
+
+	*nfiles = 0;
+	if (off < 0 || READ(&cb, task, task_works) != 0)
+		return 0;
+	for (__u32 i = 0; i < WORKS_MAX; i++) {
+		struct callback_head___exec *next = 0;
+		const struct file___exec *f;
+		struct dentry___exec *d = 0;
+		const unsigned char *dname = 0;
+		unsigned char en[16];
+
+		if (cb == 0) {
+			*nfiles = n;
+			return 1;
+		}
+		if (READ(&next, cb, next) != 0)
+			break;
+		f = (const struct file___exec *)((const char *)cb - off);
+		if (READ(&d, f, f_path.dentry) == 0 && d != 0 && READ(&dname, d, d_name.name) == 0 &&
+		    dname != 0 && bpf_probe_read_kernel_str(en, sizeof(en), dname) > 1)
+			res->files[n++ & (WORKS_MAX - 1)] = hash_name(en, 16);
+		cb = next;
+	}
+	// A longer list (or an unreadable entry): not every file was looked at.
+	*nfiles = n;
+	return cb == 0;
+}
+
 // Fills `res` for the exec of `task` (the current task at sched_process_exec) from `bprm`.
 // Returns 1 when a script's interpreter was run (bprm->interp differs from bprm->filename),
-// 0 otherwise, -1 when nothing could be read.
+// 0 otherwise, -1 when nothing could be read. `files`, `nfiles` and `walked` are only written
+// for a script (the caller zeroes `res`).
 //
 // A global, never inlined function (exported by build.rs): the verifier checks it once, on its
 // own. Its pointer arguments arrive as scalars (only read through bpf_probe_read_kernel).
@@ -156,6 +249,12 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 
 		if (bpf_probe_read_kernel_str(en, sizeof(en), dname) > 1)
 			h2 = hash_name(en, 16);
+	}
+	if (script) {
+		__u32 nfiles = 0;
+
+		res->walked = released_files(task, res, &nfiles);
+		res->nfiles = nfiles;
 	}
 	res->h[0] = h0;
 	res->h[1] = h1;

@@ -15,7 +15,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use guard_common::exec::{ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT, EXEC_STOPPED};
+use guard_common::exec::{
+    ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT, EXEC_STOPPED,
+    SESSION_HOLDS_COMMANDS,
+};
 
 use crate::{
     kernel::{guard_bprm_filename, guard_task_arg_range, guard_task_ppid},
@@ -30,12 +33,22 @@ extern "C" {
     fn guard_exec_hashes(task: u64, bprm: u64, out: *mut ExecHashes) -> c_int;
 }
 
+/// Entries of `ExecHashes::files` (`WORKS_MAX` in `c/exec_read.c`).
+const WORKS_MAX: usize = 8;
+
 /// The result of `guard_exec_hashes`: `comm`, the interpreter's name (scripts), the executable
-/// file's name; 0 where not known.
+/// file's name; 0 where not known. For a script also the names of the files the exec let go
+/// (the script's own file among them).
 #[repr(C)]
 pub struct ExecHashes {
     /// The three hashes.
     pub h: [u64; 3],
+    /// Names of the files whose last reference the exec dropped (scripts only).
+    pub files: [u64; WORKS_MAX],
+    /// Valid entries of `files`.
+    pub nfiles: u32,
+    /// 1 when every such file is in `files`.
+    pub walked: u32,
 }
 
 const SIGKILL: u32 = 9;
@@ -67,7 +80,12 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     // point of no return and before its first instruction; the user side reads its (now
     // immutable) argument vector and decides. Other programs are not touched.
     let mut flags = 0u32;
-    let mut hashes = ExecHashes { h: [0; 3] };
+    let mut hashes = ExecHashes {
+        h: [0; 3],
+        files: [0; WORKS_MAX],
+        nfiles: 0,
+        walked: 0,
+    };
     // The verifier passes only scalars to a global function's integer arguments: launder the
     // tracepoint's trusted pointers through a probe read of their own stack slots.
     let slots = [task, bprm];
@@ -78,14 +96,35 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     // SAFETY: the addresses are only read through bpf_probe_read_kernel on the C side; `hashes`
     // is a valid out-pointer.
     let kind = unsafe { guard_exec_hashes(addrs[0], addrs[1], &mut hashes) };
-    if kind == 1 {
-        flags |= EXEC_SCRIPT;
-    }
     let mut held = false;
     for h in hashes.h {
         // SAFETY: a lookup; the value is not kept.
         if h != 0 && unsafe { HELD_NAMES.get(h) }.is_some() {
             held = true;
+        }
+    }
+    if kind == 1 {
+        flags |= EXEC_SCRIPT;
+        // A script reached under another name (a symbolic link): its own file, which the
+        // interpreter will read, is known only among the files the exec let go. When they
+        // could not all be read, the user side looks (fail closed).
+        if !held && session_flags & SESSION_HOLDS_COMMANDS != 0 {
+            if hashes.walked == 0 || hashes.nfiles == 0 {
+                held = true;
+            } else {
+                for (i, h) in hashes.files.iter().enumerate() {
+                    if i as u32 >= hashes.nfiles {
+                        break;
+                    }
+                    // SAFETY: a lookup; the value is not kept.
+                    if unsafe { HELD_NAMES.get(*h) }.is_some() {
+                        // (Leaving at once also keeps the compiler from OR-ing the lookups'
+                        // pointers, which the verifier refuses.)
+                        held = true;
+                        break;
+                    }
+                }
+            }
         }
     }
     if held {

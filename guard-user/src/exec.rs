@@ -23,7 +23,7 @@ use aya::{
 };
 use guard_common::exec::{
     exec_name_hash, ExecRecord, SessionFlags, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT,
-    EXEC_STOPPED,
+    EXEC_STOPPED, SESSION_HOLDS_COMMANDS,
 };
 use serde::Serialize;
 
@@ -97,6 +97,9 @@ pub struct ExecObserver {
     names: HashMap<MapData, u64, u32>,
     /// Stopped processes; taken once by [`ExecObserver::take_held_pids`].
     held: Option<HeldPids>,
+    /// The flags cgroups are watched with ([`ExecObserver::hold_names`] adds
+    /// `SESSION_HOLDS_COMMANDS`).
+    flags: SessionFlags,
     /// Owns the program and its link; declared last so the maps above are closed first.
     _keep: Keep,
 }
@@ -200,6 +203,7 @@ impl ExecObserver {
             lost,
             names,
             held: Some(held),
+            flags: 0,
             _keep: Keep::Ebpf(ebpf),
         })
     }
@@ -286,6 +290,7 @@ impl ExecObserver {
             lost,
             names,
             held: Some(held),
+            flags: 0,
             _keep: Keep::Link(p.link),
         })
     }
@@ -294,16 +299,17 @@ impl ExecObserver {
     ///
     /// Only tasks directly in that cgroup are reported, not those in its descendants.
     pub fn watch_cgroup(&mut self, cgroup_id: u64) -> Result<(), ExecError> {
-        let flags: SessionFlags = 0;
         self.sessions
-            .insert(cgroup_id, flags, 0)
+            .insert(cgroup_id, self.flags, 0)
             .map_err(map_err(SESSION_CGROUPS))
     }
 
     /// Stops, at exec, every program known by one of these names (the last component of the
     /// path given to exec, of a script's interpreter, or of the executable file itself; only
     /// the first `EXEC_NAME_LEN` bytes count): it runs no instruction until the user side sends
-    /// SIGCONT (see `commands::guard`). Call before the session's first exec.
+    /// SIGCONT (see `commands::guard`). A script whose own file (a symbolic link's target) has
+    /// such a name is stopped too, and so is one whose file the kernel side could not name.
+    /// Call before [`ExecObserver::watch_cgroup`].
     pub fn hold_names<'a>(
         &mut self,
         names: impl IntoIterator<Item = &'a str>,
@@ -312,6 +318,7 @@ impl ExecObserver {
             self.names
                 .insert(exec_name_hash(n.as_bytes()), 1, 0)
                 .map_err(map_err(HELD_NAMES))?;
+            self.flags |= SESSION_HOLDS_COMMANDS;
         }
         Ok(())
     }

@@ -703,9 +703,9 @@ pub fn run(args: RunArgs) -> Result<u8, RunError> {
         Some(p) => crate::exec::ExecObserver::from_preloaded(p)?,
         None => crate::exec::ExecObserver::load_then(|| btf.get_exec())?,
     };
-    observer.watch_cgroup(cg.id()?)?;
     // `[commands] hold`: programs of these names stop at exec for a check (commands::guard).
     observer.hold_names(rules.names())?;
+    observer.watch_cgroup(cg.id()?)?;
     let held_pids = observer.take_held_pids();
     // The race-free backstop of connect holds, in place before anything runs in the cgroup.
     // (The LSM backend's socket_connect hook reads the kernel's copy of the address: no race.)
