@@ -532,3 +532,128 @@ fn an_orphaned_process_group_does_not_release_a_held_command() {
     let out = r.finish(T);
     assert_eq!(t.ran(), vec!["destroy -auto-approve"], "{}", text(&out));
 }
+
+/// A SIGCONT from the kernel in the window between the stop at exec and the supervisor's move
+/// into the frozen cgroup: the supervisor is stopped (from outside) so that the window stays
+/// open, and the held command's process group becomes orphaned inside it (its parent, session
+/// leader of its own, exits; `SIGHUP` is ignored). With `reaper_ignores_sigchld` the orphan's
+/// new parent is a subreaper that ignores `SIGCHLD`. Returns the world, the marker's lines
+/// while the supervisor was still stopped, and the hold seen after it went on, if any.
+fn kernel_sigcont_in_the_window(
+    session: &str,
+    reaper_ignores_sigchld: bool,
+) -> (Tf, Vec<String>, Option<Value>, std::process::Output) {
+    let t = tf();
+    let w = t.w.work.display().to_string();
+    let reaper = if reaper_ignores_sigchld {
+        "import ctypes\nctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nif os.fork() != 0:\n    wait(\"done\")\n    raise SystemExit\n"
+    } else {
+        ""
+    };
+    let py = format!(
+        "import os, signal, time\ndef wait(f):\n    while not os.path.exists(\"{w}/\" + f):\n        time.sleep(0.01)\n{reaper}os.setsid()\nif os.fork() == 0:\n    os.setpgid(0, 0)\n    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n    wait(\"go\")\n    os.execvp(\"terraform\", [\"terraform\", \"destroy\", \"-auto-approve\"])\nopen(\"{w}/ready\", \"a\").close()\nwait(\"go\")\ntime.sleep(0.5)\nopen(\"{w}/orphaned\", \"a\").close()\n"
+    );
+    let script = t.w.file("orphan.py", &py);
+    let r = t.w.run(
+        session,
+        &[],
+        &["--profile", &t.profile, "--net", "none", "--decision-timeout", "60s"],
+        &format!(
+            "export PATH={}:/usr/bin:/bin; python3 {}; i=0; while [ ! -e {w}/done ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo done",
+            t.bin.display(),
+            script.display(),
+        ),
+    );
+    let wait_for = |f: &str| {
+        let p = t.w.work.join(f);
+        let t0 = Instant::now();
+        while !p.exists() {
+            assert!(t0.elapsed() < T, "{f} never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let t0 = Instant::now();
+    let mut r = r;
+    while !t.w.work.join("ready").exists() {
+        if let Ok(Some(_)) = r.child.try_wait() {
+            panic!("the session ended early: {}", text(&r.finish(T)));
+        }
+        assert!(t0.elapsed() < T, "ready never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The supervisor (the `sandbox run` process) stops: it hears of no exec until it goes on.
+    // (Nothing below needs it: no call the session makes from here is notified; `open` with
+    // "a" truncates nothing.)
+    let supervisor = nix::unistd::Pid::from_raw(r.child.id() as i32);
+    nix::sys::signal::kill(supervisor, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::fs::write(t.w.work.join("go"), "").unwrap();
+    wait_for("orphaned");
+    std::thread::sleep(Duration::from_millis(700));
+    let ran = t.ran();
+    nix::sys::signal::kill(supervisor, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let hold = if ran.is_empty() {
+        let h = wait_new_hold(&t.w, session, &[]);
+        t.w.decide("approve", h["id"].as_str().unwrap(), &[]);
+        Some(h)
+    } else {
+        None
+    };
+    let t0 = Instant::now();
+    while hold.is_some() && t.ran().is_empty() {
+        assert!(t0.elapsed() < T, "the command never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(t.w.work.join("done"), "").unwrap();
+    let out = r.finish(T);
+    (t, ran, hold, out)
+}
+
+/// The orphaned group's `SIGCONT` wakes the stopped command; on its way back to user mode it
+/// reports `CLD_CONTINUED` to its new parent (the session's init), and the exec observer's
+/// signal program stops it again right there: it runs nothing until approved.
+#[test]
+fn a_kernel_sigcont_before_the_check_does_not_release_a_held_command() {
+    if !privileged() {
+        return;
+    }
+    let (t, ran, hold, out) = kernel_sigcont_in_the_window("cmd-window", false);
+    assert!(
+        ran.is_empty(),
+        "ran before the check: {ran:?}\n{}",
+        text(&out)
+    );
+    let hold = hold.unwrap();
+    assert_eq!(hold["rule"], "commands.hold: terraform destroy");
+    assert_eq!(t.ran(), vec!["destroy -auto-approve"], "{}", text(&out));
+    assert!(
+        !t.w.log("cmd-window")
+            .iter()
+            .any(|l| l["kind"] == "exec_continued"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The limit of the above: where the new parent ignores `SIGCHLD` (a subreaper of the agent's),
+/// no report is made and the command runs before the check (here the supervisor was stopped;
+/// normally only until the supervisor freezes and kills it). The supervisor records it.
+#[test]
+fn a_kernel_sigcont_the_guard_cannot_undo_is_recorded() {
+    if !privileged() {
+        return;
+    }
+    let (t, ran, hold, out) = kernel_sigcont_in_the_window("cmd-window-ign", true);
+    assert_eq!(ran, vec!["destroy -auto-approve"], "{}", text(&out));
+    assert!(hold.is_none());
+    let log = t.w.log("cmd-window-ign");
+    let rec = log
+        .iter()
+        .find(|l| l["kind"] == "exec_continued")
+        .unwrap_or_else(|| panic!("no exec_continued record: {log:?}\n{}", text(&out)));
+    assert_eq!(rec["killed"], false, "{rec}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was continued by the kernel"),
+        "{}",
+        text(&out)
+    );
+}

@@ -50,6 +50,16 @@ __u32 guard_task_ppid(const struct task_struct *task)
 	return (__u32)tgid;
 }
 
+// Returns `task->tgid` (the process id, init namespace), or 0 when it cannot be read.
+__u32 guard_task_tgid(const struct task_struct *task)
+{
+	pid_t tgid = 0;
+
+	if (task == 0 || CORE_READ_INTO(&tgid, task, tgid) != 0)
+		return 0;
+	return (__u32)tgid;
+}
+
 // Stores `task->mm->arg_start` and `arg_end` (user addresses of the argument strings).
 // Returns 0, or a negative error when they cannot be read.
 int guard_task_arg_range(const struct task_struct *task, __u64 *start, __u64 *end)

@@ -21,7 +21,7 @@ use guard_common::exec::{
 };
 
 use crate::{
-    kernel::{guard_bprm_filename, guard_task_arg_range, guard_task_ppid},
+    kernel::{guard_bprm_filename, guard_task_arg_range, guard_task_ppid, guard_task_tgid},
     maps::{EXEC_EVENTS, EXEC_LOST, HELD_NAMES, HELD_PIDS, SESSION_CGROUPS},
 };
 
@@ -53,6 +53,16 @@ pub struct ExecHashes {
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
+const SIGCHLD: i32 = 17;
+const SIGCONT: i32 = 18;
+/// `si_code` of the SIGCHLD a continued process reports to its parent.
+const CLD_CONTINUED: i32 = 6;
+/// `HELD_PIDS` values: stopped for a check (the exec program); a SIGCONT reached it (from the
+/// kernel: the sandbox's are refused); stopped again before its first instruction.
+const HELD_CONTINUED: u32 = 2;
+const HELD_RESTOPPED: u32 = 3;
+/// `bpf_map_update_elem` flag: only an existing entry.
+const BPF_EXIST: u64 = 2;
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`: runs in
 /// the context of the task after the new image is in place and before its first instruction, so
@@ -216,6 +226,50 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
 
     entry.submit(0);
     Ok(0)
+}
+
+/// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+/// int result)`: keeps a process the exec program stopped from running when a SIGCONT the
+/// sandbox did not send (the kernel's to a process group that becomes orphaned, or to a
+/// terminal's foreground group) wakes it before the user side has moved it into the frozen
+/// cgroup.
+///
+/// A continued process reports CLD_CONTINUED to its parent in its own context, on its way back
+/// to user mode and before its first instruction (`get_signal`): when that report is generated
+/// (its parent neither ignores SIGCHLD nor asked for SA_NOCLDSTOP; the session's init does
+/// neither), the process sends itself SIGSTOP here, which `get_signal` takes next. Every
+/// SIGCONT to such a process is also recorded (`HELD_CONTINUED`): the user side kills a process
+/// that was continued and not stopped again (it may have run).
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+    let sig: i32 = ctx.arg(0);
+    if sig == SIGCONT {
+        let task: *const c_void = ctx.arg(2);
+        // SAFETY: the accessor only reads kernel memory through bpf_probe_read_kernel.
+        let pid = unsafe { guard_task_tgid(task) };
+        // SAFETY: a lookup; the value is not kept.
+        if pid != 0 && unsafe { HELD_PIDS.get(pid) }.is_some() {
+            let _ = HELD_PIDS.insert(pid, HELD_CONTINUED, BPF_EXIST);
+        }
+    } else if sig == SIGCHLD {
+        let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // SAFETY: a lookup; the value is not kept.
+        if unsafe { HELD_PIDS.get(pid) }.is_none() {
+            return 0;
+        }
+        let info: *const c_void = ctx.arg(1);
+        // `si_code` follows `si_signo` and `si_errno` (the siginfo layout is the user ABI's).
+        // SAFETY: a probe read of the tracepoint's siginfo.
+        let code =
+            unsafe { bpf_probe_read_kernel((info as *const u8).wrapping_add(8) as *const i32) }
+                .unwrap_or(0);
+        if code == CLD_CONTINUED {
+            // SAFETY: a helper with a constant signal number; it signals the current task.
+            unsafe { bpf_send_signal(SIGSTOP) };
+            let _ = HELD_PIDS.insert(pid, HELD_RESTOPPED, BPF_EXIST);
+        }
+    }
+    0
 }
 
 /// Counts an event that did not fit into the ring buffer.

@@ -8,6 +8,8 @@ use core::ffi::{c_char, c_int, c_void};
 extern "C" {
     /// `task->real_parent->tgid`, or 0 if it cannot be read.
     pub fn guard_task_ppid(task: *const c_void) -> u32;
+    /// `task->tgid`, or 0 if it cannot be read.
+    pub fn guard_task_tgid(task: *const c_void) -> u32;
     /// Stores `task->mm->arg_start` and `arg_end`; returns 0 or a negative error.
     pub fn guard_task_arg_range(task: *const c_void, start: *mut u64, end: *mut u64) -> c_int;
     /// `bprm->filename` (a kernel address), or null.

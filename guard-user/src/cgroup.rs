@@ -100,6 +100,18 @@ pub fn mount_point() -> Result<PathBuf, CgroupError> {
     find_cgroup2(&mi).ok_or(CgroupError::NoCgroup2)
 }
 
+/// Removes the cgroup at `path` and its descendants, children first; fails (leaving what it
+/// could not remove) when one of them has processes.
+fn remove_empty_tree(path: &Path) -> io::Result<()> {
+    for e in std::fs::read_dir(path)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            remove_empty_tree(&e.path())?;
+        }
+    }
+    std::fs::remove_dir(path)
+}
+
 impl SessionCgroup {
     /// Creates `<cgroup2>/sandbox/<session>`.
     pub fn create(session: &str) -> Result<Self, CgroupError> {
@@ -115,8 +127,9 @@ impl SessionCgroup {
             if e.kind() != io::ErrorKind::AlreadyExists {
                 return Err(io_err("create", &path)(e));
             }
-            // Left over from a session that ended badly: reuse it only if it is empty.
-            std::fs::remove_dir(&path).map_err(|_| CgroupError::Busy(session.to_string()))?;
+            // Left over from a session that ended badly (with its child cgroups, e.g. `held`):
+            // reuse it only if it is empty. rmdir refuses a cgroup with processes.
+            remove_empty_tree(&path).map_err(|_| CgroupError::Busy(session.to_string()))?;
             std::fs::create_dir(&path).map_err(io_err("create", &path))?;
         }
         Ok(SessionCgroup {
@@ -297,6 +310,27 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/unified")
             ]
         );
+    }
+
+    /// A supervisor killed with SIGKILL leaves its cgroup and its `held` child behind: the next
+    /// session of that name reuses them.
+    #[test]
+    fn a_left_over_session_cgroup_with_an_empty_child_is_reused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || mount_point().is_err() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "needs root and cgroup v2 (CI is set)"
+            );
+            eprintln!("skipped: needs root and cgroup v2");
+            return;
+        }
+        let name = format!("unit-reuse-{}", std::process::id());
+        let left = SessionCgroup::create(&name).unwrap();
+        std::fs::create_dir(left.path.join("held")).unwrap();
+        let again = SessionCgroup::create(&name).expect("the empty left-over is reused");
+        assert!(!again.path.join("held").exists());
+        again.destroy();
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Name of the exec program in the object, and of the tracepoint it attaches to.
 const EXEC_PROGRAM: &str = "sched_process_exec";
+/// Name of the program that keeps a process stopped for a check from being continued by the
+/// kernel (`signal_generate`), and of its tracepoint.
+const SIGNAL_PROGRAM: &str = "signal_generate";
+/// The observer's programs, in the order of [`Preloaded::links`]. The signal program is
+/// attached first: from the moment the exec program can stop a process, it is in place.
+pub const PROGRAMS: [&str; 2] = [SIGNAL_PROGRAM, EXEC_PROGRAM];
 /// Map of watched cgroups (cgroup id to [`SessionFlags`]).
 const SESSION_CGROUPS: &str = "SESSION_CGROUPS";
 /// Ring buffer of [`ExecRecord`]s.
@@ -108,8 +114,8 @@ pub struct ExecObserver {
 enum Keep {
     /// The object loaded here (its link detaches when dropped).
     Ebpf(Ebpf),
-    /// A link loaded ahead of time by `sandbox daemon` (detaches when the last fd closes).
-    Link(OwnedFd),
+    /// Links loaded ahead of time by `sandbox daemon` (each detaches when its last fd closes).
+    Links(Vec<OwnedFd>),
 }
 
 /// An exec observer loaded and attached ahead of time (`sandbox daemon` keeps one spare, so a
@@ -118,8 +124,9 @@ enum Keep {
 /// ([`ExecObserver::from_preloaded`]). Each is used by one session only.
 #[derive(Debug)]
 pub struct Preloaded {
-    /// The program's link (BPF_RAW_TRACEPOINT_OPEN): attached while it is open.
-    pub link: OwnedFd,
+    /// The programs' links (BPF_RAW_TRACEPOINT_OPEN), in [`PROGRAMS`] order: attached while
+    /// they are open.
+    pub links: Vec<OwnedFd>,
     /// The maps, in [`PRELOADED_MAPS`] order.
     pub maps: Vec<OwnedFd>,
 }
@@ -133,25 +140,53 @@ pub const PRELOADED_MAPS: [&str; 5] = [
     HELD_PIDS,
 ];
 
-fn program_err(source: aya::programs::ProgramError) -> ExecError {
-    ExecError::Program {
-        name: EXEC_PROGRAM,
-        source,
-    }
+fn program_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> ExecError {
+    move |source| ExecError::Program { name, source }
 }
 
-/// The exec program of a loaded object, loaded into the kernel (not attached).
-fn loaded_program<'e>(ebpf: &'e mut Ebpf, btf: &Btf) -> Result<&'e mut BtfTracePoint, ExecError> {
+/// A program of a loaded object (one of [`PROGRAMS`]), loaded into the kernel (not attached).
+fn loaded_program<'e>(
+    ebpf: &'e mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+) -> Result<&'e mut BtfTracePoint, ExecError> {
     let program: &mut BtfTracePoint = ebpf
-        .program_mut(EXEC_PROGRAM)
+        .program_mut(name)
         .ok_or(ExecError::Missing {
             kind: "program",
-            name: EXEC_PROGRAM,
+            name,
         })?
         .try_into()
-        .map_err(program_err)?;
-    program.load(EXEC_PROGRAM, btf).map_err(program_err)?;
+        .map_err(program_err(name))?;
+    program.load(name, btf).map_err(program_err(name))?;
     Ok(program)
+}
+
+/// Attaches a loaded tp_btf program where its BTF says (what aya's attach does) and returns
+/// the link's fd, to hand on (BPF_RAW_TRACEPOINT_OPEN with no name).
+fn raw_tracepoint_open(program: &BtfTracePoint, name: &'static str) -> Result<OwnedFd, ExecError> {
+    let prog_fd = program.fd().map_err(program_err(name))?.as_fd().as_raw_fd();
+    let mut attr = [0u64; 3];
+    attr[1] = prog_fd as u32 as u64;
+    // SAFETY: a bpf(2) call with a zeroed, correctly sized attribute block.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            17, // BPF_RAW_TRACEPOINT_OPEN
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(program_err(name)(ProgramError::SyscallError(
+            aya::sys::SyscallError {
+                call: "bpf_raw_tracepoint_open",
+                io_error: std::io::Error::last_os_error(),
+            },
+        )));
+    }
+    // SAFETY: the kernel made this fd for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 impl ExecObserver {
@@ -181,9 +216,11 @@ impl ExecObserver {
             .map_err(ExecError::Load)?;
         let btf = btf()?;
 
-        loaded_program(&mut ebpf, btf)?
-            .attach()
-            .map_err(program_err)?;
+        for name in PROGRAMS {
+            loaded_program(&mut ebpf, btf, name)?
+                .attach()
+                .map_err(program_err(name))?;
+        }
 
         let sessions = HashMap::try_from(take_map(&mut ebpf, SESSION_CGROUPS)?)
             .map_err(map_err(SESSION_CGROUPS))?;
@@ -214,31 +251,11 @@ impl ExecObserver {
         let mut ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .map_err(ExecError::Load)?;
-        let program = loaded_program(&mut ebpf, btf)?;
-        let prog_fd = program.fd().map_err(program_err)?.as_fd().as_raw_fd();
-        // BPF_RAW_TRACEPOINT_OPEN with no name attaches a tp_btf program where its BTF says
-        // (what aya's attach does), and gives us the link's fd to hand on.
-        let mut attr = [0u64; 3];
-        attr[1] = prog_fd as u32 as u64;
-        // SAFETY: a bpf(2) call with a zeroed, correctly sized attribute block.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                17, // BPF_RAW_TRACEPOINT_OPEN
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if fd < 0 {
-            return Err(program_err(ProgramError::SyscallError(
-                aya::sys::SyscallError {
-                    call: "bpf_raw_tracepoint_open",
-                    io_error: std::io::Error::last_os_error(),
-                },
-            )));
+        let mut links = Vec::new();
+        for name in PROGRAMS {
+            let program = loaded_program(&mut ebpf, btf, name)?;
+            links.push(raw_tracepoint_open(program, name)?);
         }
-        // SAFETY: the kernel made this fd for us.
-        let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let mut maps = Vec::new();
         for name in PRELOADED_MAPS {
             let m = ebpf
@@ -262,7 +279,7 @@ impl ExecObserver {
                 }))
             })?);
         }
-        Ok(Preloaded { link, maps })
+        Ok(Preloaded { links, maps })
     }
 
     /// The observer of a [`Preloaded`] set (in the session process).
@@ -291,7 +308,7 @@ impl ExecObserver {
             names,
             held: Some(held),
             flags: 0,
-            _keep: Keep::Link(p.link),
+            _keep: Keep::Links(p.links),
         })
     }
 

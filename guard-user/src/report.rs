@@ -110,6 +110,32 @@ impl Reporter {
         );
     }
 
+    /// A process stopped at exec for a check was continued by the kernel (a SIGCONT the sandbox
+    /// did not send: its process group became orphaned, or its terminal hung up) and not
+    /// stopped again before the supervisor came to it (its parent takes no SIGCHLD stop
+    /// reports), so it may have run unchecked: `killed` now, or already gone. Recorded, and said
+    /// on stderr even when quiet.
+    pub fn exec_continued(&self, pid: u32, filename: &str, killed: bool) {
+        self.record(
+            "exec_continued",
+            json!({
+                "pid": pid,
+                "filename": filename,
+                "killed": killed,
+                "reason": "a SIGCONT from the kernel (orphaned process group or terminal hang-up) continued it before the check, and its parent ignores SIGCHLD stop reports, so it could not be stopped again",
+            }),
+        );
+        let what = if killed {
+            "killed"
+        } else {
+            "it had already ended"
+        };
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "\r\nsandbox: {filename} (pid {pid}) was continued by the kernel before its check and may have run: {what}\r"
+        );
+    }
+
     /// A new hold waits for a human. Returns false when the hold could not be written to the
     /// audit log: the caller must then deny it at once (fail closed; see [`UNRECORDED`]).
     #[must_use = "a hold that is not in the audit log must be denied"]

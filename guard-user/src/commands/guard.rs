@@ -5,7 +5,8 @@
 //!
 //! The exec program (`tp_btf/sched_process_exec`, `guard-ebpf/src/exec.rs`) stops only a program
 //! known by a name some rule names: the last component of the path given to exec (`comm`), of a
-//! script's interpreter, or of the executable file itself (symbolic links resolved). It records
+//! script's interpreter, or of the executable file itself (symbolic links resolved), or a script
+//! whose own file has such a name (found among the files the exec let go). It records
 //! the process in `HELD_PIDS` first, then sends SIGSTOP and reports the exec. Every other exec
 //! goes on untouched: no notification, no round trip. For a stopped one this module reads the
 //! new image's argument vector from `/proc/PID/cmdline`, which nothing in the sandbox can change
@@ -34,6 +35,10 @@ use crate::files::resolve;
 use crate::files::seccomp::{Listener, Notif};
 use crate::hold::{HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
 use crate::report::Reporter;
+
+/// `HELD_PIDS` value of a stopped process that a SIGCONT from the kernel reached and that was
+/// not stopped again (`guard-ebpf/src/exec.rs`).
+const HELD_CONTINUED: u32 = 2;
 
 /// The most argument bytes read in all; a longer list is held (it cannot be checked).
 const MAX_ARGS_TOTAL: usize = 8 << 20;
@@ -147,6 +152,13 @@ impl ExecGuard {
         held.get(&pid, 0).is_ok()
     }
 
+    /// The kernel side's state of a stopped process (`HELD_PIDS`): 1 stopped for a check,
+    /// [`HELD_CONTINUED`] continued by a SIGCONT, 3 continued and stopped again.
+    fn held_state(&self, pid: u32) -> Option<u32> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&pid, 0).ok()
+    }
+
     fn unhold(&self, pid: u32) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let _ = held.remove(&pid);
@@ -204,13 +216,24 @@ impl ExecGuard {
         }
         let pid = ev.pid;
         let Some(pidfd) = pidfd_open(pid) else {
-            // Gone (killed while stopped).
+            // Gone: killed while stopped, or (said) ran after a SIGCONT from the kernel.
+            if self.held_state(pid) == Some(HELD_CONTINUED) {
+                self.reporter().exec_continued(pid, &ev.filename, false);
+            }
             self.unhold(pid);
             return;
         };
         // Into the frozen cgroup first (about 15 µs each way here): from then on no signal but
         // SIGKILL moves it, whatever the check takes.
         self.freeze(pid);
+        // Continued by the kernel before that and not stopped again (the exec observer's
+        // signal program could not: see `guard-ebpf/src/exec.rs`): it may have run. Fail
+        // closed.
+        if self.held_state(pid) == Some(HELD_CONTINUED) {
+            self.kill(pid, Some(&pidfd));
+            self.reporter().exec_continued(pid, &ev.filename, true);
+            return;
+        }
         match self.look(ev) {
             Look::Continue => self.release(pid, Some(&pidfd)),
             Look::Hold {

@@ -414,7 +414,7 @@ fn start(stream: &UnixStream, ctx: &Ctx) -> Result<(std::process::Child, Vec<u8>
     let preloaded = ctx.spare.take();
     let mut passed: Vec<OwnedFd> = Vec::new();
     if let Some(p) = preloaded {
-        for fd in std::iter::once(p.link).chain(p.maps) {
+        for fd in p.links.into_iter().chain(p.maps) {
             passed.push(high_fd(&fd).map_err(|e| format!("dup: {e}"))?);
         }
     }
@@ -601,9 +601,12 @@ pub fn take_preloaded() -> crate::exec::Preloaded {
             OwnedFd::from_raw_fd(n)
         }
     };
+    let links = crate::exec::PROGRAMS.len();
     crate::exec::Preloaded {
-        link: fd(0),
-        maps: (1..=crate::exec::PRELOADED_MAPS.len()).map(fd).collect(),
+        links: (0..links).map(fd).collect(),
+        maps: (links..links + crate::exec::PRELOADED_MAPS.len())
+            .map(fd)
+            .collect(),
     }
 }
 

@@ -70,8 +70,8 @@ pub struct SessionSpec {
     pub env: Vec<(String, String)>,
     /// The approvers group (may decide every hold of the session).
     pub approvers_gid: Option<u32>,
-    /// An exec observer loaded ahead of time is on fds [`PRELOADED_FD`].. (its link, then its
-    /// maps: `exec::PRELOADED_MAPS`).
+    /// An exec observer loaded ahead of time is on fds [`PRELOADED_FD`].. (its links:
+    /// `exec::PROGRAMS`, then its maps: `exec::PRELOADED_MAPS`).
     #[serde(default)]
     pub preloaded: bool,
 }
