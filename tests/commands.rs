@@ -508,15 +508,18 @@ fn an_orphaned_process_group_does_not_release_a_held_command() {
         return;
     }
     let t = tf();
+    let w = t.w.work.display().to_string();
     let marker = t.marker.display().to_string();
+    // The group becomes orphaned 0.5 s after `go`: long after the move into the frozen cgroup.
+    std::fs::write(t.w.work.join("go"), "").unwrap();
     let r = t.w.run(
         "cmd-orphan",
         &[],
         &["--profile", &t.profile, "--net", "none", "--decision-timeout", "60s"],
         &format!(
-            "export PATH={}:/usr/bin:/bin; python3 -c '\nimport os, signal, time\nos.setsid()\nif os.fork() == 0:\n    os.setpgid(0, 0)\n    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n    os.execvp(\"terraform\", [\"terraform\", \"destroy\", \"-auto-approve\"])\ntime.sleep(1.5)\n'; touch {}/orphaned; i=0; while [ ! -s {marker} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; echo done",
+            "export PATH={}:/usr/bin:/bin; {} {w} 0 terraform destroy -auto-approve; i=0; while [ ! -s {marker} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; echo done",
             t.bin.display(),
-            t.w.work.display(),
+            common::prog("orphan_exec").display(),
         ),
     );
     let h = wait_new_hold(&t.w, "cmd-orphan", &[]);
@@ -545,23 +548,16 @@ fn kernel_sigcont_in_the_window(
 ) -> (Tf, Vec<String>, Option<Value>, std::process::Output) {
     let t = tf();
     let w = t.w.work.display().to_string();
-    let reaper = if reaper_ignores_sigchld {
-        "import ctypes\nctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nif os.fork() != 0:\n    wait(\"done\")\n    raise SystemExit\n"
-    } else {
-        ""
-    };
-    let py = format!(
-        "import os, signal, time\ndef wait(f):\n    while not os.path.exists(\"{w}/\" + f):\n        time.sleep(0.01)\n{reaper}os.setsid()\nif os.fork() == 0:\n    os.setpgid(0, 0)\n    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n    wait(\"go\")\n    os.execvp(\"terraform\", [\"terraform\", \"destroy\", \"-auto-approve\"])\nopen(\"{w}/ready\", \"a\").close()\nwait(\"go\")\ntime.sleep(0.5)\nopen(\"{w}/orphaned\", \"a\").close()\n"
-    );
-    let script = t.w.file("orphan.py", &py);
+    let prog = common::prog("orphan_exec");
     let r = t.w.run(
         session,
         &[],
         &["--profile", &t.profile, "--net", "none", "--decision-timeout", "60s"],
         &format!(
-            "export PATH={}:/usr/bin:/bin; python3 {}; i=0; while [ ! -e {w}/done ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo done",
+            "export PATH={}:/usr/bin:/bin; {} {w} {} terraform destroy -auto-approve; i=0; while [ ! -e {w}/done ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo done",
             t.bin.display(),
-            script.display(),
+            prog.display(),
+            u8::from(reaper_ignores_sigchld),
         ),
     );
     let wait_for = |f: &str| {
