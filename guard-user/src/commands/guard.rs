@@ -20,7 +20,10 @@
 //! a target is stopped for a check; otherwise the supervisor continues, itself, the targets that
 //! are stopped (job control) and skips those that run (a SIGCONT to a running process only runs
 //! its handler; skipping it means that no SIGCONT is ever in flight when an exec stops a
-//! process).
+//! process). A SIGCONT from the kernel itself (orphaned process group, terminal) in the window
+//! before the move into the frozen cgroup is undone by the exec observer's signal program,
+//! which stops the process again as it reports CLD_CONTINUED; where it could not (the parent
+//! takes no such reports), [`ExecGuard::on_exec`] kills the process and records it.
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
