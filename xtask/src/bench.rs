@@ -4,7 +4,7 @@
 //! Workloads: start-up (`true`), unlink-heavy (`rm -rf` of 50,000 files, on tmpfs and on disk;
 //! `git clean -fdx` of 20,000 files on disk), build-like (`make -j2` of a C project, `cargo
 //! build` of a Rust crate), exec-heavy (a shell loop running `/bin/true` 2,000 times, also with
-//! the `default` profile's `[commands] hold` list), hold
+//! the `default` profile's `[commands] hold` list, and the same with a `#!` script), hold
 //! latency and supervisor memory (`holdbench`), and the proxy (`proxybench`). Peers (bwrap,
 //! firejail, srt; `scripts/install-bench-peers.sh`) run the start-up and `rm -rf` workloads where
 //! they are installed and work; the report notes those that are not. Everything happens in a
@@ -206,7 +206,8 @@ pub fn run(opts: &Options) -> Result<()> {
     rows.extend(b.unlink("disk", &disk, reps.unlink, &peers, None)?);
     rows.extend(b.git_clean(&disk, &prot, &git, reps.git)?);
     rows.extend(b.exec(&disk, reps.exec)?);
-    rows.extend(b.exec_commands(&disk, reps.exec)?);
+    rows.extend(b.exec_commands(&disk, reps.exec, false)?);
+    rows.extend(b.exec_commands(&disk, reps.exec, true)?);
     extra.extend(crate::proxybench::run(
         &b.root,
         &b.sandbox,
@@ -1167,9 +1168,19 @@ impl Bench {
     /// Exec-heavy with `[commands] hold`: the same loop under a profile holding the `default`
     /// profile's command list (none of which names `/bin/true` or `sh`), against bare. Compare its
     /// sandbox/bare ratio with the plain exec-heavy row's: the difference is what the exec check
-    /// costs commands that no rule names.
-    fn exec_commands(&mut self, disk: &Path, reps: usize) -> Result<Vec<Row>> {
-        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), EXEC_LOOP.into()];
+    /// costs commands that no rule names. With `script`, the loop runs a `#!/bin/sh` script
+    /// that exits at once instead of `/bin/true`: the kernel side also names a script's own file
+    /// (from the task's `task_works` list), which only a script exec pays for.
+    fn exec_commands(&mut self, disk: &Path, reps: usize, script: bool) -> Result<Vec<Row>> {
+        let exec_loop = if script {
+            let noop = self.scratch.base.join("noop-script");
+            fs::write(&noop, "#!/bin/sh\nexit 0\n")?;
+            fs::set_permissions(&noop, fs::Permissions::from_mode(0o755))?;
+            EXEC_LOOP.replace("/bin/true", &noop.to_string_lossy())
+        } else {
+            EXEC_LOOP.to_string()
+        };
+        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), exec_loop.into()];
         let prot = protected_dir(disk)?;
         let default = fs::read_to_string(self.root.join("profiles/default.toml"))
             .context("reading profiles/default.toml")?;
@@ -1187,13 +1198,21 @@ impl Bench {
                 inv.args.insert(1, "--profile".into());
                 inv.args.insert(2, profile.clone().into());
             }
-            self.record(format!("exec-heavy with commands.hold, {}", v.name()), &inv);
+            let what = if script { "a script" } else { "/bin/true" };
+            self.record(
+                format!("exec-heavy ({what}) with commands.hold, {}", v.name()),
+                &inv,
+            );
             invs.push((v, inv));
         }
         let samples = alternate("exec-heavy, commands.hold", &invs, reps, |_, inv| {
             self.spawn(inv)
         })?;
-        let name = "exec-heavy: 2,000 x `/bin/true` from `sh`, `[commands] hold` as in `default`";
+        let name = if script {
+            "exec-heavy: 2,000 x a `#!/bin/sh` script from `sh`, `[commands] hold` as in `default`"
+        } else {
+            "exec-heavy: 2,000 x `/bin/true` from `sh`, `[commands] hold` as in `default`"
+        };
         Ok(vec![
             row(name, "loop only", &samples, |s| s.inner)?,
             row(name, "whole run", &samples, |s| Some(s.outer))?,
