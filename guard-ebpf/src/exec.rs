@@ -16,8 +16,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use guard_common::exec::{
-    ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT, EXEC_STOPPED,
-    SESSION_HOLDS_COMMANDS,
+    ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT, EXEC_STOPPED, SESSION_HOLDS_COMMANDS,
 };
 
 use crate::{
