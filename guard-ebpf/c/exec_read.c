@@ -100,23 +100,55 @@ struct guard_exec_hashes {
 	// h[2]: the name of the executable file itself (mm->exe_file: symbolic links resolved).
 	__u64 h[3];
 	// For a script: the names of the files whose last reference this exec dropped (the
-	// script's own file among them: symbolic links resolved), `nfiles` of them.
+	// script's own file among them: symbolic links resolved), `nfiles` entries, 0 for an
+	// entry whose name could not be read.
 	__u64 files[WORKS_MAX];
 	__u32 nfiles;
 	// 1 when the task_works list was read to its end (every such file is in `files`).
 	__u32 walked;
 };
 
-static __u64 hash_name(const unsigned char *s, __u32 n)
+// A name of at most 15 bytes, NUL-padded to 16 (`comm`, or read into a zeroed buffer).
+union name16 {
+	__u64 w[2];
+	unsigned char b[16];
+};
+
+// Zeroes `n`, one word store at a time: clang would merge the stores into a call to memset,
+// which 6.1's verifier refuses.
+static void name16_zero(union name16 *n)
+{
+	n->w[0] = 0;
+	asm volatile("" ::: "memory");
+	n->w[1] = 0;
+	asm volatile("" ::: "memory");
+}
+
+// FNV-1a over the bytes of `n` before its first NUL (at most EXEC_NAME_LEN). The loop skips
+// the zero bytes instead of stopping at the first: past the name there are only zeros, and a
+// loop without a data-dependent exit is one the verifier checks once, not once per length.
+static __u64 hash_name(const union name16 *n)
 {
 	__u64 h = HASH_BASIS;
 
-	for (__u32 i = 0; i < EXEC_NAME_LEN; i++) {
-		if (i >= n || s[i] == 0)
-			break;
-		h = (h ^ s[i]) * HASH_PRIME;
+#pragma unroll
+	for (int i = 0; i < EXEC_NAME_LEN; i++) {
+		unsigned char c = n->b[i];
+
+		if (c == 0)
+			continue;
+		h = (h ^ c) * HASH_PRIME;
 	}
 	return h;
+}
+
+// Reads the NUL-terminated name at `s` into `n` and returns its hash; 0 when there is none.
+static __u64 hash_kernel_name(const unsigned char *s, union name16 *n)
+{
+	name16_zero(n);
+	if (bpf_probe_read_kernel_str(n->b, sizeof(n->b), s) <= 1)
+		return 0;
+	return hash_name(n);
 }
 
 // The offset of the task_work entry in the kernel's struct file, -1 if not known.
@@ -146,32 +178,37 @@ static int released_files(const struct task_struct___exec *task, struct guard_ex
 {
 	long off = file_work_offset();
 	struct callback_head___exec *cb = 0;
-	__u32 n = 0;
 
 	*nfiles = 0;
 	if (off < 0 || READ(&cb, task, task_works) != 0)
 		return 0;
+	// Entry i's hash goes to files[i] (0 when unreadable): no counter that differs from one
+	// path to another, which the verifier would otherwise explore once per value.
 	for (__u32 i = 0; i < WORKS_MAX; i++) {
 		struct callback_head___exec *next = 0;
 		const struct file___exec *f;
 		struct dentry___exec *d = 0;
 		const unsigned char *dname = 0;
-		unsigned char en[16];
+		union name16 en;
+		__u64 h = 0;
 
 		if (cb == 0) {
-			*nfiles = n;
+			*nfiles = i;
 			return 1;
 		}
-		if (READ(&next, cb, next) != 0)
-			break;
+		if (READ(&next, cb, next) != 0) {
+			*nfiles = i;
+			return 0;
+		}
 		f = (const struct file___exec *)((const char *)cb - off);
 		if (READ(&d, f, f_path.dentry) == 0 && d != 0 && READ(&dname, d, d_name.name) == 0 &&
-		    dname != 0 && bpf_probe_read_kernel_str(en, sizeof(en), dname) > 1)
-			res->files[n++ & (WORKS_MAX - 1)] = hash_name(en, 16);
+		    dname != 0)
+			h = hash_kernel_name(dname, &en);
+		res->files[i] = h;
 		cb = next;
 	}
-	// A longer list (or an unreadable entry): not every file was looked at.
-	*nfiles = n;
+	// A longer list: not every file was looked at.
+	*nfiles = WORKS_MAX;
 	return cb == 0;
 }
 
@@ -186,7 +223,7 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 {
 	const struct task_struct___exec *task = (const struct task_struct___exec *)task_addr;
 	const struct linux_binprm___exec *bprm = (const struct linux_binprm___exec *)bprm_addr;
-	unsigned char comm[16]; // written whole by the probe read (no memset call: 6.1 refuses it)
+	union name16 comm; // written whole by the probe read (the kernel pads it with NULs)
 	unsigned char buf[INTERP_LEN];
 	const char *filename = 0, *interp = 0;
 	struct mm_struct___exec *mm = 0;
@@ -203,8 +240,8 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 	// become a call to memset, a global function that 6.1's verifier refuses to be called with
 	// this pointer.
 
-	if (READ(&comm, task, comm) == 0)
-		h0 = hash_name(comm, 16);
+	if (READ(&comm.b, task, comm) == 0)
+		h0 = hash_name(&comm);
 
 	if (bprm != 0 && READ(&filename, bprm, filename) == 0 && READ(&interp, bprm, interp) == 0 &&
 	    interp != 0 && interp != filename) {
@@ -245,10 +282,9 @@ __attribute__((noinline)) int guard_exec_hashes(__u64 task_addr, __u64 bprm_addr
 	if (READ(&mm, task, mm) == 0 && mm != 0 && READ(&exe, mm, exe_file) == 0 && exe != 0 &&
 	    READ(&d, exe, f_path.dentry) == 0 && d != 0 && READ(&dname, d, d_name.name) == 0 &&
 	    dname != 0) {
-		unsigned char en[16];
+		union name16 en;
 
-		if (bpf_probe_read_kernel_str(en, sizeof(en), dname) > 1)
-			h2 = hash_name(en, 16);
+		h2 = hash_kernel_name(dname, &en);
 	}
 	if (script) {
 		__u32 nfiles = 0;

@@ -42,9 +42,9 @@ const WORKS_MAX: usize = 8;
 pub struct ExecHashes {
     /// The three hashes.
     pub h: [u64; 3],
-    /// Names of the files whose last reference the exec dropped (scripts only).
+    /// Names of the files whose last reference the exec dropped (scripts only; 0: unreadable).
     pub files: [u64; WORKS_MAX],
-    /// Valid entries of `files`.
+    /// Entries of `files` filled in.
     pub nfiles: u32,
     /// 1 when every such file is in `files`.
     pub walked: u32,
@@ -118,21 +118,25 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         // interpreter will read, is known only among the files the exec let go. When they
         // could not all be read, the user side looks (fail closed).
         if !held && session_flags & SESSION_HOLDS_COMMANDS != 0 {
-            if hashes.walked == 0 || hashes.nfiles == 0 {
-                held = true;
-            } else {
-                for (i, h) in hashes.files.iter().enumerate() {
-                    if i as u32 >= hashes.nfiles {
-                        break;
-                    }
-                    // SAFETY: a lookup; the value is not kept.
-                    if unsafe { HELD_NAMES.get(*h) }.is_some() {
-                        // (Leaving at once also keeps the compiler from OR-ing the lookups'
-                        // pointers, which the verifier refuses.)
-                        held = true;
-                        break;
-                    }
+            let mut named = false;
+            for (i, h) in hashes.files.iter().enumerate() {
+                if i as u32 >= hashes.nfiles {
+                    break;
                 }
+                if *h == 0 {
+                    continue;
+                }
+                named = true;
+                // SAFETY: a lookup; the value is not kept.
+                if unsafe { HELD_NAMES.get(*h) }.is_some() {
+                    // (Leaving at once also keeps the compiler from OR-ing the lookups'
+                    // pointers, which the verifier refuses.)
+                    held = true;
+                    break;
+                }
+            }
+            if hashes.walked == 0 || !named {
+                held = true;
             }
         }
     }

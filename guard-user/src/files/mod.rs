@@ -266,7 +266,8 @@ impl Protection {
         Self::with_patterns(paths, None)
     }
 
-    /// Like [`Protection::new`], plus name patterns.
+    /// Canonicalizes `paths` (each must exist), drops roots nested inside other roots and adds
+    /// their bind-mount aliases; with name patterns.
     pub fn with_patterns(
         paths: &[PathBuf],
         patterns: Option<crate::profile::PatternSet>,
