@@ -560,30 +560,27 @@ fn kernel_sigcont_in_the_window(
             u8::from(reaper_ignores_sigchld),
         ),
     );
-    let wait_for = |f: &str| {
+    // Waits for the helper to write `f`; a session that ends before is a failure, said at once.
+    let wait_for = |mut r: common::Running, f: &str| -> common::Running {
         let p = t.w.work.join(f);
         let t0 = Instant::now();
         while !p.exists() {
+            if let Ok(Some(_)) = r.child.try_wait() {
+                panic!("the session ended before {f}: {}", text(&r.finish(T)));
+            }
             assert!(t0.elapsed() < T, "{f} never appeared");
             std::thread::sleep(Duration::from_millis(10));
         }
+        r
     };
-    let t0 = Instant::now();
-    let mut r = r;
-    while !t.w.work.join("ready").exists() {
-        if let Ok(Some(_)) = r.child.try_wait() {
-            panic!("the session ended early: {}", text(&r.finish(T)));
-        }
-        assert!(t0.elapsed() < T, "ready never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let r = wait_for(r, "ready");
     // The supervisor (the `sandbox run` process) stops: it hears of no exec until it goes on.
-    // (Nothing below needs it: no call the session makes from here is notified; `open` with
-    // "a" truncates nothing.)
+    // (Nothing below needs it: no call the session makes from here is notified; orphan_exec
+    // opens its files with O_APPEND, which truncates nothing.)
     let supervisor = nix::unistd::Pid::from_raw(r.child.id() as i32);
     nix::sys::signal::kill(supervisor, nix::sys::signal::Signal::SIGSTOP).unwrap();
     std::fs::write(t.w.work.join("go"), "").unwrap();
-    wait_for("orphaned");
+    let r = wait_for(r, "orphaned");
     std::thread::sleep(Duration::from_millis(700));
     let ran = t.ran();
     nix::sys::signal::kill(supervisor, nix::sys::signal::Signal::SIGCONT).unwrap();

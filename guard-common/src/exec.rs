@@ -26,6 +26,15 @@ pub const EXEC_STOPPED: u32 = 1;
 /// area starts with the interpreter, then the script's path.
 pub const EXEC_SCRIPT: u32 = 2;
 
+/// `HELD_PIDS` values (the process stopped at exec for a check, by process id): stopped by the
+/// exec program.
+pub const HELD_STOPPED: u32 = 1;
+/// `HELD_PIDS`: a SIGCONT reached it before the user side let it go (from the kernel: the
+/// sandbox's are refused), and it was not stopped again: it may have run.
+pub const HELD_CONTINUED: u32 = 2;
+/// `HELD_PIDS`: continued that way, and stopped again before its first instruction.
+pub const HELD_RESTOPPED: u32 = 3;
+
 /// How many bytes of a program's name `HELD_NAMES` keys on: what the kernel keeps in `comm`
 /// (TASK_COMM_LEN - 1). Longer names share a key with every name of the same first 15 bytes:
 /// such an exec is stopped and the user side matches the whole name.

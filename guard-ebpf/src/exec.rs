@@ -16,7 +16,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use guard_common::exec::{
-    ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT, EXEC_STOPPED, SESSION_HOLDS_COMMANDS,
+    ExecRecord, EXEC_ARGS_LEN, EXEC_FILENAME_LEN, EXEC_SCRIPT, EXEC_STOPPED, HELD_CONTINUED,
+    HELD_RESTOPPED, HELD_STOPPED, SESSION_HOLDS_COMMANDS,
 };
 
 use crate::{
@@ -56,10 +57,6 @@ const SIGCHLD: i32 = 17;
 const SIGCONT: i32 = 18;
 /// `si_code` of the SIGCHLD a continued process reports to its parent.
 const CLD_CONTINUED: i32 = 6;
-/// `HELD_PIDS` values: stopped for a check (the exec program); a SIGCONT reached it (from the
-/// kernel: the sandbox's are refused); stopped again before its first instruction.
-const HELD_CONTINUED: u32 = 2;
-const HELD_RESTOPPED: u32 = 3;
 /// `bpf_map_update_elem` flag: only an existing entry.
 const BPF_EXIST: u64 = 2;
 
@@ -144,7 +141,7 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         let pid = (pid_tgid >> 32) as u32;
         // Recorded before the signal: from the moment the process can be stopped, no SIGCONT
         // from the sandbox passes the supervisor's check.
-        if HELD_PIDS.insert(pid, 1, 0).is_err() {
+        if HELD_PIDS.insert(pid, HELD_STOPPED, 0).is_err() {
             // SAFETY: a helper with a constant signal number.
             unsafe { bpf_send_signal(SIGKILL) };
             return Ok(0);

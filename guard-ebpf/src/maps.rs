@@ -106,7 +106,8 @@ pub static NET_SUPERVISOR: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static HELD_NAMES: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
 
-/// Processes the exec program stopped for a check (process id to 1), entered before the stop
+/// Processes the exec program stopped for a check (process id to `HELD_STOPPED`, later
+/// `HELD_CONTINUED` or `HELD_RESTOPPED`: `guard_common::exec`), entered before the stop
 /// signal is sent. The user side removes an entry when it lets the process go on or kills it;
 /// until then no SIGCONT from the sandbox reaches the process (the supervisor checks here).
 #[map]

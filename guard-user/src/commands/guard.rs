@@ -32,16 +32,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use guard_common::exec::HELD_CONTINUED;
+
 use super::{Exec, Rules};
 use crate::exec::{ExecEvent, HeldPids};
 use crate::files::resolve;
 use crate::files::seccomp::{Listener, Notif};
 use crate::hold::{HoldBackend, HoldInfo, Holds, ProcKey, Verdict};
 use crate::report::Reporter;
-
-/// `HELD_PIDS` value of a stopped process that a SIGCONT from the kernel reached and that was
-/// not stopped again (`guard-ebpf/src/exec.rs`).
-const HELD_CONTINUED: u32 = 2;
 
 /// The most argument bytes read in all; a longer list is held (it cannot be checked).
 const MAX_ARGS_TOTAL: usize = 8 << 20;
@@ -151,12 +149,11 @@ impl ExecGuard {
     }
 
     fn is_held(&self, pid: u32) -> bool {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(&pid, 0).is_ok()
+        self.held_state(pid).is_some()
     }
 
-    /// The kernel side's state of a stopped process (`HELD_PIDS`): 1 stopped for a check,
-    /// [`HELD_CONTINUED`] continued by a SIGCONT, 3 continued and stopped again.
+    /// The kernel side's state of a stopped process (`HELD_PIDS`: `HELD_STOPPED`,
+    /// `HELD_CONTINUED` or `HELD_RESTOPPED`); `None` when it is not held.
     fn held_state(&self, pid: u32) -> Option<u32> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.get(&pid, 0).ok()
